@@ -1,0 +1,35 @@
+"""smsgw: a headless SMS gateway for Termux that speaks the medic-gateway protocol."""
+from setuptools import find_packages, setup
+
+setup(
+    name="smsgw",
+    version="0.1.0",
+    description="Headless SMS gateway for Termux speaking the medic-gateway HTTP/JSON protocol",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="AGPL-3.0-or-later",
+    python_requires=">=3.10",
+    packages=find_packages(include=["smsgw", "smsgw.*"]),
+    install_requires=[
+        "requests>=2.28",
+        "click>=8.1",
+        "tinydb>=4.7",
+        "schedule>=1.2",
+        "gsm0338>=1.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2.1",
+            "hypothesis>=6.80",
+            "trustme>=1.0",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": ["smsgw=smsgw.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: Android",
+        "Environment :: Console",
+    ],
+)

@@ -1,0 +1,5 @@
+"""Phones smsgw can drive: the Phone interface, Termux:API, and a simulated phone."""
+
+from .base import FAILED, INBOX, SENT, InvalidNumber, Phone, SmsRow, normalize_number
+
+__all__ = ["FAILED", "INBOX", "SENT", "InvalidNumber", "Phone", "SmsRow", "normalize_number"]

@@ -1,0 +1,103 @@
+"""The Phone interface: what smsgw needs from Android, shaped by what Termux:API really gives.
+
+There are no delivery reports and no send results: a send only hands the text to the
+phone, and what happened is learned later from the rows Android writes in its SMS
+provider (type sent, or failed). See ../shared/TERMUX.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..errors import UserError
+
+INBOX = "inbox"
+SENT = "sent"
+FAILED = "failed"
+
+_NUMBER = re.compile(r"\+?[0-9]{3,20}")
+_SEPARATORS = str.maketrans("", "", " -.")
+
+
+class InvalidNumber(UserError):
+    """A destination that must never reach a command line."""
+
+
+def normalize_number(raw: object) -> str:
+    """Return the number as `+digits` or `digits`, or raise InvalidNumber.
+
+    Spaces, dashes and dots are dropped; anything else that is not a digit (commas,
+    letters, shell or option characters) is refused.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidNumber(f"not a phone number: {raw!r}")
+    number = raw.strip().translate(_SEPARATORS)
+    if not _NUMBER.fullmatch(number):
+        raise InvalidNumber(f"not a phone number: {raw!r}")
+    return number
+
+
+def number_digits(address: str) -> str:
+    """The digits that identify a number, so `+254 7..`, `00254..` and `2547..` compare equal."""
+    digits = "".join(ch for ch in address if ch.isdigit())
+    return digits[2:] if digits.startswith("00") else digits
+
+
+@dataclass(frozen=True)
+class SmsRow:
+    """One row of Android's SMS provider as termux-sms-list shows it.
+
+    `date` is the row's date as aware UTC (second resolution: termux-sms-list prints
+    `yyyy-MM-dd HH:mm:ss`). `row_id` is the provider's `_id`, None on old Termux:API.
+    """
+
+    kind: str  # INBOX, SENT, FAILED, or another provider type name
+    address: str
+    body: str
+    date: datetime
+    row_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Identity of the row across reads: `_id` alone may be reused after a delete.
+
+        The kind is left out on purpose: a sent row that turns failed is the same row.
+        """
+        digest = hashlib.sha256(self.body.encode("utf-8")).hexdigest()[:16]
+        return f"{self.row_id}|{number_digits(self.address)}|{int(self.date.timestamp())}|{digest}"
+
+
+class Phone(ABC):
+    """What the gateway needs from a phone. Implementations: TermuxPhone, SimulatedPhone."""
+
+    name: str = "phone"
+
+    @abstractmethod
+    def send(self, number: str, text: str) -> None:
+        """Hand one SMS to the phone. Returning means PENDING, never SENT.
+
+        Raises InvalidNumber before anything runs, PhoneError when the phone refused
+        (with `maybe_sent` set when the outcome cannot be known).
+        """
+
+    @abstractmethod
+    def read_inbox(self, position: dict[str, Any] | None) -> tuple[list[SmsRow], dict[str, Any]]:
+        """Rows received after `position`, oldest first, and the position after them.
+
+        `position` is opaque JSON-able state owned by the implementation. With None
+        (first start) nothing is returned and the position is set after the newest row,
+        so the phone's old inbox is not forwarded.
+        """
+
+    @abstractmethod
+    def read_outgoing(self, since: datetime) -> list[SmsRow]:
+        """Sent and failed rows dated at or after `since`, oldest first."""
+
+    def diagnose(self) -> str | None:
+        """Best-known cause of a failed send ("no SIM", "no network operator"), or None."""
+        return None
