@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -112,10 +113,8 @@ def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     fsync_dir(path.parent)
 
@@ -186,7 +185,9 @@ def validate_url(url: str) -> str:
     return url
 
 
-_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^@/?#:]*):(.*?)@([^@/?#]+)(?:[/?#].*)?$", re.S)
+_USERINFO = re.compile(
+    r"^[A-Za-z][A-Za-z0-9+.-]*://([^@/?#:]*):(.*?)@([^@/?#]+)(?:[/?#].*)?$", re.S
+)
 
 
 def _refuse_hidden_password(url: str) -> None:

@@ -1,0 +1,515 @@
+"""Crash-safe state: queues, retry counters, dedup, archive. The only module that imports tinydb.
+
+Layout of the state folder:
+  state.json      TinyDB (tables outgoing, incoming, updates, meta), rewritten atomically
+  state.lock      fcntl lock held for each unit of work, so the daemon and `smsgw retry`
+                  never lose each other's writes
+  archive/DAY.jsonl  finished records, append-only, one file a day, kept `retention_days`
+
+A unit of work (`Store.unit()`) takes the lock, re-reads state.json, and writes it at most
+once, atomically (temp file, fsync, os.replace), when it ends without an exception. So
+everything done in one unit lands together or not at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tinydb import TinyDB
+from tinydb.middlewares import CachingMiddleware
+from tinydb.storages import Storage
+from tinydb.table import Document
+
+from .config import atomic_write_text, fsync_dir, make_private_dir
+from .errors import StateError
+from .models import (
+    FINISHED_STATES,
+    REPORTED_STATES,
+    HistoryEntry,
+    Incoming,
+    InState,
+    Offered,
+    Outgoing,
+    OutState,
+    Update,
+    to_iso,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+RECENT_KEYS = 1000  # inbox row keys remembered beyond the read position, for dedup
+HISTORY_LIMIT = 50
+FAILURES_KEPT = 10
+
+
+class AtomicJSONStorage(Storage):
+    """TinyDB storage that never leaves a half-written file and never hides a broken one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read the state file {self.path}: {exc.strerror}") from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise StateError(_corrupt(self.path, f"not valid JSON ({exc})")) from None
+        if not isinstance(data, dict):
+            raise StateError(_corrupt(self.path, "not a JSON object"))
+        return data
+
+    def write(self, data: dict[str, Any]) -> None:
+        try:
+            atomic_write_text(self.path, json.dumps(data, separators=(",", ":")))
+        except OSError as exc:
+            raise StateError(
+                f"cannot save the state file {self.path}: {exc.strerror or exc}; "
+                "the previous state is intact"
+            ) from None
+
+    def close(self) -> None:
+        pass
+
+
+def _corrupt(path: Path, why: str) -> str:
+    return (
+        f"the state file {path} is damaged: {why}. It was left untouched; restore a backup, "
+        "or move it away to start with an empty state (queued messages in it would be lost)"
+    )
+
+
+@dataclass
+class Batch:
+    """What one POST carries: incoming SMS and status updates, with their outbox doc ids."""
+
+    incoming: list[Incoming] = field(default_factory=list)
+    updates: list[Update] = field(default_factory=list)
+    update_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class AcceptResult:
+    """What became of the messages a webapp answer carried."""
+
+    new: list[str] = field(default_factory=list)
+    known: list[str] = field(default_factory=list)
+    invalid: list[tuple[str | None, str]] = field(default_factory=list)
+
+
+class Unit:
+    """One unit of work on the state: load once, change in memory, save once."""
+
+    def __init__(self, db: TinyDB, now: datetime) -> None:
+        self.db = db
+        self.now = now
+        self._out = {d.doc_id: Outgoing.from_dict(d) for d in db.table("outgoing").all()}
+        self._by_id = {m.id: m for m in self._out.values()}
+        self._meta = dict(db.table("meta").get(doc_id=1) or {"version": STATE_VERSION})
+        if self._meta.get("version", STATE_VERSION) > STATE_VERSION:
+            raise StateError(
+                f"the state was written by a newer smsgw (format {self._meta['version']}, "
+                f"this one knows {STATE_VERSION}); upgrade smsgw"
+            )
+        self._loaded = set(self._out)
+        self._dirty_out: set[int] = set()
+        self._removed_out: set[int] = set()
+        self._meta_dirty = False
+        self._new_updates: list[dict[str, Any]] = []
+
+    # meta -----------------------------------------------------------------
+    def meta(self, key: str, default: Any = None) -> Any:
+        return self._meta.get(key, default)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._meta[key] = value
+        self._meta_dirty = True
+
+    # outgoing -------------------------------------------------------------
+    def outgoing(self) -> list[Outgoing]:
+        """Active outgoing messages in arrival order."""
+        return sorted(self._out.values(), key=lambda m: m.seq)
+
+    def get(self, msg_id: str) -> Outgoing | None:
+        return self._by_id.get(msg_id)
+
+    def touch(self, msg: Outgoing) -> None:
+        """Mark a message changed so it is saved."""
+        self._dirty_out.add(msg.seq)
+
+    def add(self, msg: Outgoing) -> None:
+        msg.seq = int(self.meta("next_seq", 1))
+        self.set_meta("next_seq", msg.seq + 1)
+        self._out[msg.seq] = msg
+        self._by_id[msg.id] = msg
+        self.touch(msg)
+
+    def drop(self, msg: Outgoing) -> None:
+        self._out.pop(msg.seq, None)
+        self._by_id.pop(msg.id, None)
+        self._dirty_out.discard(msg.seq)
+        self._removed_out.add(msg.seq)
+
+    def transition(self, msg: Outgoing, state: OutState, reason: str | None = None) -> None:
+        """Move a message to `state`, keep its history, and queue the update the webapp sees."""
+        msg.state = state
+        msg.reason = reason
+        msg.last_activity = self.now
+        msg.history.append(HistoryEntry(state.value, self.now, reason))
+        del msg.history[:-HISTORY_LIMIT]
+        if state in REPORTED_STATES:
+            self.queue_update(msg.id, state.value, reason)
+        if state is OutState.FAILED:
+            failures = self.meta("last_failures", [])
+            failures.append({"id": msg.id, "to": msg.to, "reason": reason, "at": to_iso(self.now)})
+            self.set_meta("last_failures", failures[-FAILURES_KEPT:])
+        self.touch(msg)
+
+    # updates --------------------------------------------------------------
+    def queue_update(self, msg_id: str, status: str, reason: str | None = None) -> None:
+        self._new_updates.append({"id": msg_id, "status": status, "reason": reason})
+
+    # saving ---------------------------------------------------------------
+    def save(self) -> None:
+        out = self.db.table("outgoing")
+        if self._removed_out:
+            out.remove(doc_ids=list(self._removed_out))
+        if self._dirty_out:
+            existing = self._loaded & self._dirty_out
+            if existing:
+                data = {seq: self._out[seq].to_dict() for seq in existing}
+
+                def replace(doc: dict[str, Any]) -> None:
+                    fresh = data[doc["seq"]]
+                    doc.clear()
+                    doc.update(fresh)
+
+                out.update(replace, doc_ids=list(existing))
+            fresh = self._dirty_out - existing
+            if fresh:
+                out.insert_multiple(Document(self._out[s].to_dict(), doc_id=s) for s in fresh)
+        if self._new_updates:
+            self.db.table("updates").insert_multiple(self._new_updates)
+        if self._meta_dirty:
+            self.db.table("meta").upsert(Document(self._meta, doc_id=1))
+
+
+class Store:
+    """The state of one gateway: a folder holding state.json, its lock and the archive."""
+
+    def __init__(self, folder: Path, retention_days: int = 30) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / "state.json"
+        self.retention = timedelta(days=retention_days)
+        self.archive = Archive(self.folder / "archive")
+        make_private_dir(self.folder)
+        self._check_readable()
+
+    def _check_readable(self) -> None:
+        """Refuse at start-up a state file that cannot be loaded; create a missing one."""
+        with self._locked():
+            storage = AtomicJSONStorage(str(self.path))
+            data = storage.read()
+            if data is None:
+                storage.write({"meta": {"1": {"version": STATE_VERSION}}})
+            else:
+                meta = (data.get("meta") or {}).get("1") or {}
+                if int(meta.get("version", STATE_VERSION)) > STATE_VERSION:
+                    raise StateError(
+                        f"the state in {self.path} was written by a newer smsgw; upgrade smsgw"
+                    )
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.folder / "state.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def unit(self, now: datetime) -> Iterator[Unit]:
+        """A unit of work under the lock; saved in one atomic write if it ends cleanly."""
+        with self._locked():
+            db = TinyDB(str(self.path), storage=CachingMiddleware(AtomicJSONStorage))
+            # No db.close(): closing flushes, and a unit that failed must write nothing.
+            unit = Unit(db, now)
+            yield unit
+            unit.save()
+            db.storage.flush()
+
+    # incoming -------------------------------------------------------------
+    def inbox_position(self, now: datetime) -> dict[str, Any] | None:
+        with self.unit(now) as u:
+            return u.meta("inbox_position")
+
+    def save_inbox(self, rows: Iterable[Any], position: dict[str, Any], now: datetime,
+                   ) -> list[Incoming]:
+        """Store new inbox rows with fresh UUIDs in the same write that moves the position."""
+        stored: list[Incoming] = []
+        with self.unit(now) as u:
+            recent: list[str] = list(u.meta("inbox_keys", []))
+            seen = set(recent)
+            table = u.db.table("incoming")
+            for row in rows:
+                if row.key in seen:
+                    logger.info("inbox row %s already stored, skipped", row.key)
+                    continue
+                seen.add(row.key)
+                recent.append(row.key)
+                msg = Incoming(
+                    id=str(uuid.uuid4()), from_=row.address, content=row.body,
+                    sms_sent=0, sms_received=int(row.date.timestamp() * 1000),
+                    state=InState.WAITING, key=row.key, stored=now,
+                )
+                stored.append(msg)
+            if stored:
+                table.insert_multiple(m.to_dict() for m in stored)
+            u.set_meta("inbox_keys", recent[-RECENT_KEYS:])
+            u.set_meta("inbox_position", position)
+        for msg in stored:
+            logger.info("received SMS %s from %s stored", msg.id, msg.from_)
+        return stored
+
+    # exchange -------------------------------------------------------------
+    def next_batch(self, now: datetime, max_incoming: int = 50, max_updates: int = 50) -> Batch:
+        """The oldest waiting incoming SMS and queued updates, for one POST."""
+        with self.unit(now) as u:
+            waiting = [Incoming.from_dict(d) for d in u.db.table("incoming").all()
+                       if d["state"] == InState.WAITING.value]
+            ups = sorted(u.db.table("updates").all(), key=lambda d: d.doc_id)[:max_updates]
+        return Batch(
+            incoming=waiting[:max_incoming],
+            updates=[Update(d["id"], d["status"], d.get("reason")) for d in ups],
+            update_ids=[d.doc_id for d in ups],
+        )
+
+    def pending_counts(self, now: datetime) -> tuple[int, int]:
+        """How many incoming SMS and updates are still queued for the webapp."""
+        with self.unit(now) as u:
+            waiting = sum(1 for d in u.db.table("incoming").all()
+                          if d["state"] == InState.WAITING.value)
+            return waiting, len(u.db.table("updates"))
+
+    def complete_exchange(self, batch: Batch, offered: list[tuple[Offered, str | None]],
+                          now: datetime) -> AcceptResult:
+        """After a 2xx: drop what the webapp acknowledged and store what it asked to send.
+
+        `offered` pairs each message with the reason it is invalid, or None when valid.
+        One write: if it is lost, the batch is simply posted again (at least once).
+        """
+        result = AcceptResult()
+        with self.unit(now) as u:
+            if batch.incoming:
+                ids = {m.id for m in batch.incoming}
+                u.db.table("incoming").update(
+                    {"state": InState.FORWARDED.value, "forwarded": to_iso(now)},
+                    lambda d: d["id"] in ids,
+                )
+            if batch.update_ids:
+                u.db.table("updates").remove(doc_ids=batch.update_ids)
+            self._accept(u, offered, result)
+        return result
+
+    def _accept(self, u: Unit, offered: list[tuple[Offered, str | None]],
+                result: AcceptResult) -> None:
+        seen_now: set[str] = set()
+        for msg, invalid in offered:
+            if msg.id is not None and (msg.id in seen_now or self._known(u, msg.id)):
+                self._requeue_known(u, msg.id)
+                result.known.append(msg.id)
+                continue
+            if invalid is not None:
+                result.invalid.append((msg.id, invalid))
+                if msg.id is None:
+                    logger.warning("webapp message without id ignored: %s", invalid)
+                    continue
+                record = Outgoing(id=msg.id, to=str(msg.to or ""), content=str(msg.content or ""),
+                                  state=OutState.UNSENT, created=u.now, last_activity=u.now)
+                u.add(record)
+                u.transition(record, OutState.FAILED, invalid)
+                seen_now.add(msg.id)
+                logger.warning("message %s refused: %s", msg.id, invalid)
+                continue
+            assert msg.id is not None and msg.to is not None and msg.content is not None
+            record = Outgoing(id=msg.id, to=msg.to, content=msg.content, state=OutState.UNSENT,
+                              created=u.now, last_activity=u.now, due=u.now)
+            u.add(record)
+            u.transition(record, OutState.UNSENT)
+            seen_now.add(msg.id)
+            result.new.append(msg.id)
+            logger.info("message %s to %s queued", msg.id, msg.to)
+
+    def _known(self, u: Unit, msg_id: str) -> bool:
+        return u.get(msg_id) is not None or self.archive.status_of(msg_id) is not None
+
+    def _requeue_known(self, u: Unit, msg_id: str) -> None:
+        """A known id offered again: report its current status again, never send it again."""
+        msg = u.get(msg_id)
+        if msg is not None:
+            state = msg.state if msg.state in REPORTED_STATES else OutState.PENDING
+            u.queue_update(msg_id, state.value, msg.reason if state is OutState.FAILED else None)
+        else:
+            status, reason = self.archive.status_of(msg_id) or ("FAILED", None)
+            u.queue_update(msg_id, status, reason)
+        logger.info("message %s offered again: status re-sent, not sent again", msg_id)
+
+    def record_exchange(self, now: datetime, error: Exception | None = None,
+                        status: int | None = None, message: str | None = None) -> None:
+        """Remember the last successful exchange, or the last error and the webapp's words."""
+        with self.unit(now) as u:
+            if error is None:
+                u.set_meta("last_exchange_ok", to_iso(now))
+                u.set_meta("webapp_failures", 0)
+            else:
+                u.set_meta("last_error", {"at": to_iso(now), "text": str(error),
+                                          "status": status, "message": message})
+                u.set_meta("webapp_failures", int(u.meta("webapp_failures", 0)) + 1)
+
+    # housekeeping ---------------------------------------------------------
+    def archive_finished(self, now: datetime) -> int:
+        """Move finished outgoing and forwarded incoming records to the archive."""
+        with self.unit(now) as u:
+            done = [m for m in u.outgoing() if m.state in FINISHED_STATES]
+            forwarded = [d for d in u.db.table("incoming").all()
+                         if d["state"] == InState.FORWARDED.value]
+            if not done and not forwarded:
+                return 0
+            self.archive.append(now, [("out", m.to_dict()) for m in done]
+                                + [("in", dict(d)) for d in forwarded])
+            for m in done:
+                u.drop(m)
+            if forwarded:
+                u.db.table("incoming").remove(doc_ids=[d.doc_id for d in forwarded])
+            purged_on = u.meta("purged_on")
+            if purged_on != now.date().isoformat():
+                self.archive.purge(now - self.retention)
+                u.set_meta("purged_on", now.date().isoformat())
+            return len(done) + len(forwarded)
+
+    def revive(self, msg_id: str, now: datetime) -> Outgoing | None:
+        """Bring an archived message back into the active store (for `smsgw retry`)."""
+        record = self.archive.find("out", msg_id)
+        if record is None:
+            return None
+        with self.unit(now) as u:
+            if u.get(msg_id) is None:
+                msg = Outgoing.from_dict(record)
+                u.add(msg)
+            return u.get(msg_id)
+
+
+class Archive:
+    """Finished records, one append-only JSON-lines file a day, purged after retention.
+
+    The daemon keeps an index of outgoing ids -> final status, read incrementally, so the
+    dedup check of a new webapp message never rereads the whole archive.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._index: dict[str, tuple[str, str | None]] = {}
+        self._offsets: dict[str, int] = {}
+
+    def _files(self) -> list[Path]:
+        if not self.folder.exists():
+            return []
+        return sorted(self.folder.glob("*.jsonl"))
+
+    def append(self, now: datetime, records: list[tuple[str, dict[str, Any]]]) -> None:
+        make_private_dir(self.folder)
+        path = self.folder / f"{now.date().isoformat()}.jsonl"
+        lines = "".join(
+            json.dumps({"kind": kind, "archived": to_iso(now), "record": rec},
+                       separators=(",", ":")) + "\n"
+            for kind, rec in records
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, lines.encode("utf-8"))
+            os.fsync(fd)
+        except OSError as exc:
+            raise StateError(f"cannot write the archive {path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        fsync_dir(self.folder)
+
+    def _lines(self, path: Path, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Parsed lines from `start`; a torn last line (a crash mid-append) is skipped."""
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            for raw in fh:
+                end = fh.tell()
+                if not raw.endswith(b"\n"):
+                    return
+                try:
+                    yield end, json.loads(raw)
+                except ValueError:
+                    logger.warning("skipped a damaged line in %s", path)
+
+    def refresh(self) -> None:
+        """Read what was appended since the last call into the id index."""
+        files = self._files()
+        names = {p.name for p in files}
+        if any(name not in names for name in self._offsets):
+            self._index.clear()
+            self._offsets.clear()
+        for path in files:
+            start = self._offsets.get(path.name, 0)
+            if path.stat().st_size == start:
+                continue
+            for end, entry in self._lines(path, start):
+                if entry.get("kind") == "out":
+                    rec = entry.get("record") or {}
+                    if "id" in rec:
+                        self._index[rec["id"]] = (rec.get("state", "FAILED"), rec.get("reason"))
+                self._offsets[path.name] = end
+
+    def status_of(self, msg_id: str) -> tuple[str, str | None] | None:
+        self.refresh()
+        return self._index.get(msg_id)
+
+    def find(self, kind: str, msg_id: str) -> dict[str, Any] | None:
+        """The newest archived record of that kind and id."""
+        found = None
+        for path in self._files():
+            for _, entry in self._lines(path):
+                rec = entry.get("record") or {}
+                if entry.get("kind") == kind and rec.get("id") == msg_id:
+                    found = rec
+        return found
+
+    def recent(self, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """The newest `limit` archived records, newest last."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        for path in reversed(self._files()):
+            entries = [(e.get("kind", "?"), e.get("record") or {}) for _, e in self._lines(path)]
+            out = entries + out
+            if len(out) >= limit:
+                break
+        return out[-limit:] if limit else out
+
+    def purge(self, older_than: datetime) -> None:
+        """Delete day files older than the retention period."""
+        cutoff = older_than.date().isoformat()
+        for path in self._files():
+            if path.stem < cutoff:
+                path.unlink()
+                logger.info("archive %s removed (older than retention)", path.name)
+
