@@ -51,6 +51,7 @@ STATE_VERSION = 1
 RECENT_KEYS = 1000  # inbox row keys remembered beyond the read position, for dedup
 HISTORY_LIMIT = 50
 FAILURES_KEPT = 10
+LOCAL_PREFIX = "local-"
 
 
 class AtomicJSONStorage(Storage):
@@ -110,6 +111,7 @@ class AcceptResult:
     new: list[str] = field(default_factory=list)
     known: list[str] = field(default_factory=list)
     invalid: list[tuple[str | None, str]] = field(default_factory=list)
+    remaining: int = 0  # incoming SMS and updates still queued after this exchange
 
 
 class Unit:
@@ -173,7 +175,7 @@ class Unit:
         msg.history.append(HistoryEntry(state.value, self.now, reason))
         del msg.history[:-HISTORY_LIMIT]
         if state in REPORTED_STATES:
-            self.queue_update(msg.id, state.value, reason)
+            self.queue_update(msg.id, state.value, reason if state is OutState.FAILED else None)
         if state is OutState.FAILED:
             failures = self.meta("last_failures", [])
             failures.append({"id": msg.id, "to": msg.to, "reason": reason, "at": to_iso(self.now)})
@@ -182,6 +184,8 @@ class Unit:
 
     # updates --------------------------------------------------------------
     def queue_update(self, msg_id: str, status: str, reason: str | None = None) -> None:
+        if msg_id.startswith(LOCAL_PREFIX):
+            return  # queued by `smsgw send`: the webapp never heard of it
         self._new_updates.append({"id": msg_id, "status": status, "reason": reason})
 
     # saving ---------------------------------------------------------------
@@ -300,13 +304,6 @@ class Store:
             update_ids=[d.doc_id for d in ups],
         )
 
-    def pending_counts(self, now: datetime) -> tuple[int, int]:
-        """How many incoming SMS and updates are still queued for the webapp."""
-        with self.unit(now) as u:
-            waiting = sum(1 for d in u.db.table("incoming").all()
-                          if d["state"] == InState.WAITING.value)
-            return waiting, len(u.db.table("updates"))
-
     def complete_exchange(self, batch: Batch, offered: list[tuple[Offered, str | None]],
                           now: datetime) -> AcceptResult:
         """After a 2xx: drop what the webapp acknowledged and store what it asked to send.
@@ -325,6 +322,11 @@ class Store:
             if batch.update_ids:
                 u.db.table("updates").remove(doc_ids=batch.update_ids)
             self._accept(u, offered, result)
+            u.set_meta("last_exchange_ok", to_iso(now))
+            u.set_meta("webapp_failures", 0)
+            waiting = sum(1 for d in u.db.table("incoming").all()
+                          if d["state"] == InState.WAITING.value)
+            result.remaining = waiting + len(u.db.table("updates")) + len(u._new_updates)
         return result
 
     def _accept(self, u: Unit, offered: list[tuple[Offered, str | None]],
@@ -363,24 +365,20 @@ class Store:
         """A known id offered again: report its current status again, never send it again."""
         msg = u.get(msg_id)
         if msg is not None:
-            state = msg.state if msg.state in REPORTED_STATES else OutState.PENDING
+            state = msg.state if msg.state in REPORTED_STATES else OutState.UNSENT
             u.queue_update(msg_id, state.value, msg.reason if state is OutState.FAILED else None)
         else:
             status, reason = self.archive.status_of(msg_id) or ("FAILED", None)
             u.queue_update(msg_id, status, reason)
         logger.info("message %s offered again: status re-sent, not sent again", msg_id)
 
-    def record_exchange(self, now: datetime, error: Exception | None = None,
-                        status: int | None = None, message: str | None = None) -> None:
-        """Remember the last successful exchange, or the last error and the webapp's words."""
+    def record_exchange_error(self, now: datetime, text: str, status: int | None = None,
+                              message: str | None = None) -> None:
+        """Remember the last failed exchange and the webapp's own words."""
         with self.unit(now) as u:
-            if error is None:
-                u.set_meta("last_exchange_ok", to_iso(now))
-                u.set_meta("webapp_failures", 0)
-            else:
-                u.set_meta("last_error", {"at": to_iso(now), "text": str(error),
-                                          "status": status, "message": message})
-                u.set_meta("webapp_failures", int(u.meta("webapp_failures", 0)) + 1)
+            u.set_meta("last_error", {"at": to_iso(now), "text": text,
+                                      "status": status, "message": message})
+            u.set_meta("webapp_failures", int(u.meta("webapp_failures", 0)) + 1)
 
     # housekeeping ---------------------------------------------------------
     def archive_finished(self, now: datetime) -> int:

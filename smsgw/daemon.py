@@ -1,0 +1,211 @@
+"""The loop behind `smsgw run`: a schedule.Scheduler, signals, wake-ups, one daemon per folder."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import schedule
+
+from .config import Paths, atomic_write_text
+from .errors import ExitCode, UserError
+from .gateway import CycleReport, Gateway
+from .models import to_iso, utcnow
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF = 600  # seconds between polls after repeated webapp errors
+CONFIRM_RECHECK = 15  # seconds between checks while sends await the phone's record
+MAX_IMMEDIATE = 20  # back-to-back cycles while work remains, before pausing for the interval
+
+
+class AlreadyRunning(UserError):
+    exit_code = ExitCode.ALREADY_RUNNING
+
+
+class DaemonLock:
+    """An exclusive lock on daemon.lock held for the daemon's life, plus the pid file."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self._fd: int | None = None
+
+    def acquire(self, info: dict[str, Any]) -> None:
+        fd = os.open(self.paths.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = (read_pid_info(self.paths) or {}).get("pid", "?")
+            raise AlreadyRunning(
+                f"smsgw is already running for {self.paths.data_dir} (pid {pid}); "
+                "stop it first, or use another SMSGW_HOME"
+            ) from None
+        self._fd = fd
+        atomic_write_text(self.paths.pid_file, json.dumps(info) + "\n")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.pid_file.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_pid_info(paths: Paths) -> dict[str, Any] | None:
+    """The pid file's content, or None."""
+    try:
+        data = json.loads(paths.pid_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def daemon_running(paths: Paths) -> dict[str, Any] | None:
+    """The pid info of the running daemon, judged by its lock (not by a stale pid file)."""
+    if not paths.daemon_lock.exists():
+        return None
+    fd = os.open(paths.daemon_lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_pid_info(paths) or {"pid": None}
+    finally:
+        os.close(fd)
+    return None
+
+
+def wake(paths: Paths) -> int | None:
+    """Ask a running daemon for an immediate cycle. Returns its pid, or None if none runs."""
+    info = daemon_running(paths)
+    if not info or not info.get("pid"):
+        return None
+    try:
+        os.kill(int(info["pid"]), signal.SIGUSR1)
+    except ProcessLookupError:
+        return None
+    return int(info["pid"])
+
+
+class Daemon:
+    """Runs gateway cycles on a schedule until told to stop."""
+
+    def __init__(self, gateway: Gateway, paths: Paths, interval: int,
+                 clock: Callable[[], datetime] = utcnow, max_cycles: int | None = None) -> None:
+        self.gateway = gateway
+        self.paths = paths
+        self.interval = max(1, int(interval))
+        self.clock = clock
+        self.max_cycles = max_cycles
+        self.cycles = 0
+        self.scheduler = schedule.Scheduler()
+        self._job: schedule.Job | None = None
+        self._wake = threading.Event()
+        self._stop = False
+        self._failures = 0
+        self._immediate = 0
+
+    # signals ----------------------------------------------------------------
+    def _on_stop(self, signum: int, _frame: Any) -> None:
+        logger.info("signal %s: finishing the current cycle, then stopping",
+                    signal.Signals(signum).name)
+        self._stop = True
+        self._wake.set()
+
+    def _on_wake(self, _signum: int, _frame: Any) -> None:
+        self._wake.set()
+
+    def request_wake(self) -> None:
+        """Wake the loop for an immediate cycle (used by watchers and hooks)."""
+        self._wake.set()
+
+    def add_watcher(self, every: float, check: Callable[[], bool]) -> None:
+        """Run `check` every `every` seconds; when it returns True, cycle at once."""
+        def job() -> None:
+            if self._guard(check):
+                self.request_wake()
+        self.scheduler.every(every).seconds.do(job)
+
+    # loop -------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT or max_cycles. Returns the exit code."""
+        lock = DaemonLock(self.paths)
+        lock.acquire({"pid": os.getpid(), "started": to_iso(self.clock()),
+                      "interval": self.interval})
+        previous = {s: signal.signal(s, self._on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_wake)
+        logger.info("smsgw started (pid %d, every %ds)", os.getpid(), self.interval)
+        try:
+            self._plan(0)
+            while not self._stop:
+                self.scheduler.run_pending()
+                if self._stop or self._done():
+                    break
+                delay = self.scheduler.idle_seconds
+                wait = self.interval if delay is None else max(0.0, delay)
+                if self._wake.wait(wait):
+                    self._wake.clear()
+                    if not self._stop:
+                        logger.info("woken for an immediate cycle")
+                        self._plan(0)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            lock.release()
+            logger.info("smsgw stopped after %d cycles", self.cycles)
+        return ExitCode.OK
+
+    def _done(self) -> bool:
+        return self.max_cycles is not None and self.cycles >= self.max_cycles
+
+    def _guard(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # one bad job never kills the daemon
+            logger.error("%s failed: %s", getattr(fn, "__name__", "job"), exc)
+            logger.debug("traceback", exc_info=True)
+            return None
+
+    def _cycle_job(self) -> Any:
+        report = self._guard(self.gateway.cycle)
+        self.cycles += 1
+        self._plan(self._next_delay(report))
+        return schedule.CancelJob
+
+    def _plan(self, delay: float) -> None:
+        """Replace the cycle job by one due in `delay` seconds."""
+        if self._job is not None:
+            self.scheduler.cancel_job(self._job)
+        self._job = self.scheduler.every(max(delay, 1)).seconds.do(self._cycle_job)
+        if delay <= 0:
+            self._job.next_run = datetime.now()  # schedule keeps naive local times
+
+    def _next_delay(self, report: CycleReport | None) -> float:
+        """When to cycle next: at once while work remains, later while the webapp fails."""
+        if report is None or any(e.startswith("exchange") for e in report.errors):
+            self._failures += 1
+            self._immediate = 0
+            delay = max(self.interval, min(MAX_BACKOFF, self.interval * 2 ** (self._failures - 1)))
+            if self._failures > 1:
+                logger.info("%d failed cycles in a row: next try in %ds", self._failures, delay)
+            return delay
+        self._failures = 0
+        if report.more and self._immediate < MAX_IMMEDIATE:
+            self._immediate += 1
+            return 0
+        self._immediate = 0
+        delay = float(self.interval)
+        if report.awaiting:
+            delay = min(delay, CONFIRM_RECHECK)
+        if report.next_send is not None:
+            until = (report.next_send - self.clock()).total_seconds()
+            delay = min(delay, max(1.0, until))
+        return delay

@@ -1,0 +1,356 @@
+"""One gateway cycle: read the inbox, exchange with the webapp, send what is due, reconcile.
+
+Knows no click, requests, subprocess or tinydb: it works through the Store, a webapp client
+(anything with `exchange(messages, updates)`), and a Phone. The clock is a parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from . import retry, segment
+from .config import Settings
+from .errors import PhoneError, StateError, WebappError
+from .models import Clock, Offered, Outgoing, OutState, Part, PartState, to_iso, utcnow
+from .phone.base import FAILED, SENT, InvalidNumber, Phone, SmsRow, normalize_number, number_digits
+from .store import Store, Unit
+
+logger = logging.getLogger(__name__)
+
+MAX_ROUNDS = 10  # POSTs in one cycle; bounds a webapp that keeps re-offering known ids
+ROW_SLACK = timedelta(seconds=10)  # row dates have second resolution; phone clock jitter
+SETTLE = timedelta(seconds=5)  # a sent row may still flip to failed right after it appears
+RATE_WINDOW = timedelta(seconds=60)
+USED_ROWS_KEPT = timedelta(days=2)
+DEFAULT_CAUSE = "the phone recorded the SMS as failed"
+UNKNOWN_OUTCOME = "outcome unknown: no record on the phone"
+
+
+class WebappClient(Protocol):
+    def exchange(self, messages: list[dict[str, Any]],
+                 updates: list[dict[str, Any]]) -> list[Offered]: ...
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did, for logs, the daemon's pacing and tests."""
+
+    received: int = 0
+    posts: int = 0
+    forwarded: int = 0
+    updates_posted: int = 0
+    new: int = 0
+    known: int = 0
+    invalid: int = 0
+    handed: int = 0
+    confirmed: int = 0
+    failed_tries: int = 0
+    failed: int = 0
+    awaiting: int = 0
+    remaining: int = 0
+    next_send: datetime | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def more(self) -> bool:
+        """True when another cycle right away would have work to do."""
+        return not self.errors and (self.remaining > 0 or self.new > 0)
+
+
+def invalid_reason(msg: Offered) -> str | None:
+    """Why a webapp message cannot be sent, or None when it can."""
+    if not msg.id:
+        return "missing id"
+    if not msg.to:
+        return "missing recipient (to)"
+    if not msg.content:
+        return "missing content"
+    try:
+        normalize_number(msg.to)
+    except InvalidNumber:
+        return f"invalid phone number: {msg.to!r}"
+    return None
+
+
+class Gateway:
+    """The cycle, over a store, a webapp client and a phone."""
+
+    def __init__(self, store: Store, webapp: WebappClient | None, phone: Phone,
+                 settings: Settings, clock: Clock = utcnow) -> None:
+        self.store = store
+        self.webapp = webapp
+        self.phone = phone
+        self.settings = settings
+        self.clock = clock
+
+    def cycle(self) -> CycleReport:
+        """One full cycle, in the protocol's order. Failures of one step are reported."""
+        report = CycleReport()
+        for step in (self.read_inbox, self.exchange, self.send_due, self.reconcile,
+                     self.housekeeping):
+            try:
+                step(report)
+            except StateError:
+                raise
+            except (PhoneError, WebappError) as exc:
+                report.errors.append(f"{step.__name__}: {exc}")
+                logger.error("%s failed: %s", step.__name__, exc)
+        return report
+
+    # 1. inbox -------------------------------------------------------------
+    def read_inbox(self, report: CycleReport) -> None:
+        now = self.clock()
+        position = self.store.inbox_position(now)
+        try:
+            rows, new_position = self.phone.read_inbox(position)
+        except PhoneError as exc:
+            self._phone_error(now, f"reading the inbox: {exc}")
+            raise
+        if rows or new_position != position:
+            stored = self.store.save_inbox(rows, new_position, now)
+            report.received += len(stored)
+
+    # 2-3. exchange ------------------------------------------------------------
+    def exchange(self, report: CycleReport) -> None:
+        if self.webapp is None:
+            return
+        for _ in range(MAX_ROUNDS):
+            now = self.clock()
+            batch = self.store.next_batch(now)
+            try:
+                offered = self.webapp.exchange(
+                    [m.to_protocol() for m in batch.incoming],
+                    [u.to_protocol() for u in batch.updates],
+                )
+            except WebappError as exc:
+                self.store.record_exchange_error(now, str(exc), exc.status, exc.message)
+                raise
+            report.posts += 1
+            checked = [(msg, invalid_reason(msg)) for msg in offered]
+            result = self.store.complete_exchange(batch, checked, self.clock())
+            report.forwarded += len(batch.incoming)
+            report.updates_posted += len(batch.updates)
+            report.new += len(result.new)
+            report.known += len(result.known)
+            report.invalid += len(result.invalid)
+            report.remaining = result.remaining
+            if batch.incoming:
+                logger.info("forwarded %d SMS to the webapp: %s", len(batch.incoming),
+                            ", ".join(m.id for m in batch.incoming))
+            if not (result.new or result.remaining):
+                return
+        logger.info("exchange stopped after %d POSTs; the rest goes next cycle", MAX_ROUNDS)
+
+    # 4. send --------------------------------------------------------------
+    def _parts_of(self, msg: Outgoing) -> list[Part]:
+        if self.settings.cdma_mode:
+            texts = segment.split_cdma(msg.content, prefix=self.settings.cdma_prefix)
+        else:
+            texts = [msg.content]
+        return [Part(text=t) for t in texts]
+
+    def send_due(self, report: CycleReport) -> None:
+        """Send due messages in arrival order, within the rate budget."""
+        now = self.clock()
+        with self.store.unit(now) as u:
+            self._expire(u)
+            due = [m.id for m in u.outgoing()
+                   if m.state is OutState.UNSENT and (m.due is None or m.due <= now)]
+        for msg_id in due:
+            if not self._send_one(msg_id, report):
+                break
+
+    def _expire(self, u: Unit) -> None:
+        ttl = self.settings.message_ttl
+        if not ttl:
+            return
+        for msg in u.outgoing():
+            if msg.state is OutState.UNSENT and u.now - msg.created > timedelta(seconds=ttl):
+                u.transition(msg, OutState.FAILED, "expired")
+                logger.warning("message %s to %s expired unsent after %ss", msg.id, msg.to, ttl)
+
+    def _budget_left(self, u: Unit) -> tuple[int, list[list[Any]]]:
+        log = [e for e in u.meta("send_log", []) if u.now - datetime.fromisoformat(e[0])
+               < RATE_WINDOW]
+        return self.settings.max_parts_per_minute - sum(e[1] for e in log), log
+
+    def _send_one(self, msg_id: str, report: CycleReport) -> bool:
+        """Send one message's unsent parts. False when sending must stop for this cycle."""
+        now = self.clock()
+        with self.store.unit(now) as u:
+            msg = u.get(msg_id)
+            if msg is None or msg.state is not OutState.UNSENT:
+                return True
+            if not msg.parts:
+                msg.parts = self._parts_of(msg)
+            todo = [i for i, p in enumerate(msg.parts)
+                    if p.state in (PartState.UNSENT, PartState.FAILED)]
+            cost = sum(segment.count_parts(msg.parts[i].text) for i in todo)
+            left, log = self._budget_left(u)
+            if cost > left and left < self.settings.max_parts_per_minute:
+                oldest = min(datetime.fromisoformat(e[0]) for e in log)
+                report.next_send = oldest + RATE_WINDOW
+                logger.info("rate limit: %d parts in the last minute; message %s waits",
+                            self.settings.max_parts_per_minute - left, msg.id)
+                return False
+            # The intent is durable before the SMS exists: after a crash we reconcile, never resend.
+            for i in todo:
+                msg.parts[i].state = PartState.SENDING
+                msg.parts[i].handoff = now
+            u.set_meta("send_log", log + [[to_iso(now), cost]])
+            u.transition(msg, OutState.SENDING)
+            number, texts = msg.to, [(i, msg.parts[i].text) for i in todo]
+
+        outcome: dict[int, PartState] = {}
+        error: PhoneError | InvalidNumber | None = None
+        for i, text in texts:
+            try:
+                self.phone.send(number, text)
+            except (InvalidNumber, PhoneError) as exc:
+                error = exc
+                if not getattr(exc, "maybe_sent", False):
+                    outcome[i] = PartState.FAILED
+                else:
+                    outcome[i] = PartState.SENDING  # unknown: left for reconciliation
+                break
+            outcome[i] = PartState.PENDING
+            report.handed += 1
+
+        if isinstance(error, PhoneError):
+            self._phone_error(self.clock(), f"sending {msg_id}: {error}")
+        with self.store.unit(self.clock()) as u:
+            msg = u.get(msg_id)
+            assert msg is not None
+            for i, _ in texts:  # parts after a failure were never attempted
+                msg.parts[i].state = outcome.get(i, PartState.UNSENT)
+            if isinstance(error, InvalidNumber):
+                u.transition(msg, OutState.FAILED, str(error))
+                report.failed += 1
+                return True
+            if isinstance(error, PhoneError) and error.maybe_sent:
+                logger.error("message %s: %s; the outcome is checked on the phone", msg.id, error)
+                return False
+            if error is not None and not any(p.state is PartState.PENDING for p in msg.parts):
+                self._failed_try(u, msg, str(error), report)
+                return True
+            # With some parts handed over, the failed one is retried once they are settled.
+            u.transition(msg, OutState.PENDING)
+            logger.info("message %s to %s handed to the phone (%d part%s)", msg.id, msg.to,
+                        len(texts), "" if len(texts) == 1 else "s")
+        return True
+
+    def _failed_try(self, u: Unit, msg: Outgoing, cause: str, report: CycleReport) -> None:
+        """A try failed: schedule the protocol's retry, or give up after 20."""
+        decision = retry.after_failure(msg.retries, u.now, msg.to, cause)
+        report.failed_tries += 1
+        if decision.give_up:
+            logger.error("%s [%s]", decision.log_line, msg.id)
+            u.transition(msg, OutState.FAILED, cause)
+            report.failed += 1
+        else:
+            logger.warning("%s [%s]", decision.log_line, msg.id)
+            msg.retries = decision.retries
+            msg.due = decision.due
+            u.transition(msg, OutState.UNSENT, cause)
+
+    # 5. reconcile -------------------------------------------------------------
+    def reconcile(self, report: CycleReport) -> None:
+        """Learn SENT or failed tries from the phone's rows; give up on unknown outcomes."""
+        now = self.clock()
+        with self.store.unit(now) as u:
+            waiting = [(m, i, p) for m in u.outgoing() for i, p in enumerate(m.parts)
+                       if p.state in (PartState.SENDING, PartState.PENDING)]
+        report.awaiting = len({m.id for m, _, _ in waiting})
+        if not waiting:
+            return
+        since = min(p.handoff or now for _, _, p in waiting) - ROW_SLACK
+        try:
+            rows = sorted(self.phone.read_outgoing(since),
+                          key=lambda r: (r.date, r.row_id or 0))
+        except PhoneError as exc:
+            self._phone_error(now, f"reading sent messages: {exc}")
+            raise
+        cause: str | None = None
+        if any(r.kind == FAILED for r in rows):
+            cause = self.phone.diagnose() or DEFAULT_CAUSE
+
+        now = self.clock()
+        with self.store.unit(now) as u:
+            used: dict[str, str] = {k: v for k, v in u.meta("used_rows", {}).items()
+                                    if now - datetime.fromisoformat(v) < USED_ROWS_KEPT}
+            taken: set[str] = set(used)
+            touched: dict[str, Outgoing] = {}
+            parts = [(m, i, p) for m in u.outgoing() for i, p in enumerate(m.parts)
+                     if p.state in (PartState.SENDING, PartState.PENDING)]
+            parts.sort(key=lambda t: (t[2].handoff or now, t[0].seq, t[1]))
+            for msg, _, part in parts:
+                row = self._match(msg, part, rows, taken)
+                if row is None:
+                    if part.handoff and now - part.handoff > timedelta(
+                            seconds=self.settings.confirm_timeout):
+                        part.state = PartState.FAILED
+                        part.row = UNKNOWN_OUTCOME
+                        touched[msg.id] = msg
+                    continue
+                taken.add(row.key)
+                if row.kind == SENT and now - row.date < SETTLE:
+                    continue  # reserved for this part; decided next time
+                used[row.key] = to_iso(now)
+                part.row = row.key
+                part.state = PartState.SENT if row.kind == SENT else PartState.FAILED
+                touched[msg.id] = msg
+            u.set_meta("used_rows", used)
+            for msg in touched.values():
+                self._settle(u, msg, cause or DEFAULT_CAUSE, report)
+
+    @staticmethod
+    def _match(msg: Outgoing, part: Part, rows: list[SmsRow], taken: set[str]) -> SmsRow | None:
+        digits = number_digits(msg.to)
+        text = part.text.strip()
+        earliest = (part.handoff or datetime.min) - ROW_SLACK
+        for row in rows:
+            if (row.key not in taken and row.kind in (SENT, FAILED)
+                    and number_digits(row.address) == digits and row.body.strip() == text
+                    and row.date >= earliest):
+                return row
+        return None
+
+    def _settle(self, u: Unit, msg: Outgoing, cause: str, report: CycleReport) -> None:
+        states = [p.state for p in msg.parts]
+        if any(s in (PartState.SENDING, PartState.PENDING) for s in states):
+            return  # wait for every part before deciding
+        if all(s is PartState.SENT for s in states):
+            u.transition(msg, OutState.SENT)
+            report.confirmed += 1
+            logger.info("message %s to %s sent (recorded by the phone)", msg.id, msg.to)
+            return
+        if any(p.row == UNKNOWN_OUTCOME for p in msg.parts):
+            for p in msg.parts:
+                if p.row == UNKNOWN_OUTCOME:
+                    p.row = None
+            u.transition(msg, OutState.FAILED, UNKNOWN_OUTCOME)
+            report.failed += 1
+            logger.error("message %s to %s: %s; not resent automatically (smsgw retry %s)",
+                         msg.id, msg.to, UNKNOWN_OUTCOME, msg.id)
+            return
+        self._failed_try(u, msg, cause, report)
+
+    # housekeeping -------------------------------------------------------------
+    def housekeeping(self, report: CycleReport) -> None:
+        now = self.clock()
+        self.store.archive_finished(now)
+        with self.store.unit(now) as u:
+            due = [m.due for m in u.outgoing() if m.state is OutState.UNSENT and m.due]
+            if due and report.next_send is None:
+                report.next_send = min(due)
+
+    def _phone_error(self, now: datetime, text: str) -> None:
+        with self.store.unit(now) as u:
+            self._phone_error_in(u, text)
+
+    @staticmethod
+    def _phone_error_in(u: Unit, text: str) -> None:
+        u.set_meta("phone_error", {"at": to_iso(u.now), "text": text})
