@@ -41,6 +41,7 @@ from .models import (
     Offered,
     Outgoing,
     OutState,
+    PartState,
     Update,
     to_iso,
 )
@@ -411,6 +412,98 @@ class Store:
                 msg = Outgoing.from_dict(record)
                 u.add(msg)
             return u.get(msg_id)
+
+
+    # commands -------------------------------------------------------------
+    def add_local(self, number: str, text: str, now: datetime) -> Outgoing:
+        """Queue a message from `smsgw send`; the webapp never hears of it."""
+        with self.unit(now) as u:
+            msg = Outgoing(id=f"{LOCAL_PREFIX}{uuid.uuid4()}", to=number, content=text,
+                           state=OutState.UNSENT, created=now, last_activity=now, due=now)
+            u.add(msg)
+            u.transition(msg, OutState.UNSENT)
+        logger.info("local message %s to %s queued", msg.id, number)
+        return msg
+
+    def retry(self, ids: list[str], all_failed: bool, now: datetime) -> RetryResult:
+        """Restart FAILED messages from retry #1 (`smsgw retry`). Works beside a running daemon."""
+        result = RetryResult()
+        with self.unit(now) as u:
+            active = {m.id for m in u.outgoing()}
+        for msg_id in ids:
+            if msg_id not in active and self.revive(msg_id, now) is None:
+                result.not_found.append(msg_id)
+        with self.unit(now) as u:
+            targets = ([m for m in u.outgoing() if m.state is OutState.FAILED] if all_failed
+                       else [m for m in (u.get(i) for i in ids) if m is not None])
+            for msg in targets:
+                if msg.state is not OutState.FAILED:
+                    result.wrong_state.append((msg.id, msg.state.value))
+                    continue
+                msg.retries = 0
+                msg.due = now
+                for part in msg.parts:
+                    if part.state is not PartState.SENT:
+                        part.state = PartState.UNSENT
+                        part.row = None
+                u.transition(msg, OutState.UNSENT, "retry requested")
+                result.retried.append(msg.id)
+                logger.info("message %s to %s: retry requested by a person", msg.id, msg.to)
+        return result
+
+    def summary(self, now: datetime) -> dict[str, Any]:
+        """Everything `smsgw status` shows, from the state alone (no network, no phone)."""
+        with self.unit(now) as u:
+            out = u.outgoing()
+            incoming = u.db.table("incoming").all()
+            counts = {s.value: 0 for s in OutState}
+            for m in out:
+                counts[m.state.value] += 1
+            waiting = [m for m in out if m.state is OutState.UNSENT]
+            retries = [m.due for m in waiting if m.retries and m.due]
+            log = [e for e in u.meta("send_log", [])
+                   if now - datetime.fromisoformat(e[0]) < timedelta(seconds=60)]
+            return {
+                "outgoing": counts,
+                "incoming": {s.value: sum(1 for d in incoming if d["state"] == s.value)
+                             for s in InState},
+                "updates_queued": len(u.db.table("updates")),
+                "oldest_waiting": (
+                    {"id": waiting[0].id, "to": waiting[0].to,
+                     "since": to_iso(waiting[0].created)} if waiting else None),
+                "next_retry": to_iso(min(retries)) if retries else None,
+                "last_exchange_ok": u.meta("last_exchange_ok"),
+                "last_error": u.meta("last_error"),
+                "webapp_failures": u.meta("webapp_failures", 0),
+                "last_failures": u.meta("last_failures", []),
+                "phone_error": u.meta("phone_error"),
+                "parts_last_minute": sum(e[1] for e in log),
+                "watcher": u.meta("watcher"),
+            }
+
+    def messages(self, now: datetime, limit: int) -> tuple[list[Outgoing], list[Incoming]]:
+        """Active and recently archived records, newest last, for `smsgw messages`."""
+        with self.unit(now) as u:
+            out = u.outgoing()
+            incoming = [Incoming.from_dict(d) for d in u.db.table("incoming").all()]
+        active = {m.id for m in out}
+        old_out: list[Outgoing] = []
+        old_in: list[Incoming] = []
+        for kind, rec in self.archive.recent(limit * 4):
+            if kind == "out" and rec.get("id") not in active:
+                old_out.append(Outgoing.from_dict(rec))
+            elif kind == "in":
+                old_in.append(Incoming.from_dict(rec))
+        return (old_out + out)[-limit:], (old_in + incoming)[-limit:]
+
+
+@dataclass
+class RetryResult:
+    """What `smsgw retry` did."""
+
+    retried: list[str] = field(default_factory=list)
+    not_found: list[str] = field(default_factory=list)
+    wrong_state: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Archive:
