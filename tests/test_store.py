@@ -1,0 +1,212 @@
+"""The store: atomic writes, refusal of damaged state, dedup, units, archive, locking."""
+
+import errno
+import json
+import multiprocessing
+import os
+import stat
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from smsgw.errors import StateError
+from smsgw.models import Offered, OutState
+from smsgw.phone.base import SmsRow
+from smsgw.store import Store
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+
+def offered(i, to="+254700000001"):
+    return (Offered(f"m{i}", to, f"text {i}"), None)
+
+
+def test_new_store_files_are_private(tmp_path):
+    store = Store(tmp_path / "state")
+    assert stat.S_IMODE(os.stat(store.folder).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    with store.unit(T0) as u:
+        u.set_meta("x", 1)
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b'{"meta": {"1": {"ver'])
+def test_damaged_state_is_refused_and_kept(tmp_path, content):
+    folder = tmp_path / "state"
+    folder.mkdir()
+    (folder / "state.json").write_bytes(content)
+    with pytest.raises(StateError) as err:
+        Store(folder)
+    assert "state.json" in str(err.value) and "untouched" in str(err.value)
+    assert (folder / "state.json").read_bytes() == content
+
+
+def test_state_from_a_newer_version_is_refused(tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir()
+    data = {"meta": {"1": {"version": 99}}}
+    (folder / "state.json").write_text(json.dumps(data))
+    with pytest.raises(StateError, match="newer smsgw"):
+        Store(folder)
+    assert json.loads((folder / "state.json").read_text()) == data
+
+
+def test_failed_write_leaves_old_state_intact(tmp_path, monkeypatch):
+    store = Store(tmp_path / "state")
+    store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
+    before = store.path.read_bytes()
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("smsgw.config.os.replace", full)
+    with pytest.raises(StateError, match="No space left"):
+        store.complete_exchange(store.next_batch(T0), [offered(2)], T0)
+    monkeypatch.undo()
+    assert store.path.read_bytes() == before
+    assert [p.name for p in store.folder.iterdir() if p.name.endswith(".tmp")] == []
+    with store.unit(T0) as u:
+        assert [m.id for m in u.outgoing()] == ["m1"]
+
+
+def test_a_unit_that_raises_writes_nothing(tmp_path):
+    store = Store(tmp_path / "state")
+    before = store.path.read_bytes()
+    with pytest.raises(RuntimeError), store.unit(T0) as u:
+        u.set_meta("x", 1)
+        raise RuntimeError("boom")
+    assert store.path.read_bytes() == before
+
+
+def test_accept_dedups_by_id_and_requeues_status(tmp_path):
+    store = Store(tmp_path / "state")
+    r1 = store.complete_exchange(store.next_batch(T0), [offered(1), offered(1)], T0)
+    assert r1.new == ["m1"] and r1.known == ["m1"]
+    batch = store.next_batch(T0)
+    assert [(u.id, u.status) for u in batch.updates] == [("m1", "UNSENT"), ("m1", "UNSENT")]
+    r2 = store.complete_exchange(batch, [offered(1)], T0)
+    assert r2.new == [] and r2.known == ["m1"]
+    with store.unit(T0) as u:
+        assert len(u.outgoing()) == 1
+
+
+def test_invalid_messages_fail_with_reason_and_no_id_is_ignored(tmp_path):
+    store = Store(tmp_path / "state")
+    res = store.complete_exchange(
+        store.next_batch(T0),
+        [(Offered("bad", "x", "t"), "invalid phone number: 'x'"),
+         (Offered(None, "+1555", "t"), "missing id")], T0)
+    assert res.invalid == [("bad", "invalid phone number: 'x'"), (None, "missing id")]
+    ups = store.next_batch(T0).updates
+    assert [(u.id, u.status, u.reason) for u in ups] == [
+        ("bad", "FAILED", "invalid phone number: 'x'")]
+
+
+def test_archived_ids_stay_known(tmp_path):
+    store = Store(tmp_path / "state")
+    store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
+    with store.unit(T0) as u:
+        u.transition(u.get("m1"), OutState.SENT)
+    assert store.archive_finished(T0) == 1
+    with store.unit(T0) as u:
+        assert u.get("m1") is None
+    res = store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
+    assert res.known == ["m1"]
+    assert ("m1", "SENT") in [(u.id, u.status) for u in store.next_batch(T0).updates]
+    # A second Store (another process) sees the archive too.
+    other = Store(tmp_path / "state")
+    assert other.archive.status_of("m1") == ("SENT", None)
+
+
+def test_archive_retention_purges_old_days(tmp_path):
+    store = Store(tmp_path / "state", retention_days=30)
+    store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
+    with store.unit(T0) as u:
+        u.transition(u.get("m1"), OutState.SENT)
+    store.archive_finished(T0)
+    later = T0 + timedelta(days=31)
+    store.complete_exchange(store.next_batch(later), [offered(2)], later)
+    with store.unit(later) as u:
+        u.transition(u.get("m2"), OutState.SENT)
+    store.archive_finished(later)
+    fresh = Store(tmp_path / "state")
+    assert fresh.archive.status_of("m1") is None
+    assert fresh.archive.status_of("m2") == ("SENT", None)
+
+
+def test_archive_skips_a_torn_last_line(tmp_path):
+    store = Store(tmp_path / "state")
+    store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
+    with store.unit(T0) as u:
+        u.transition(u.get("m1"), OutState.FAILED, "why")
+    store.archive_finished(T0)
+    day = next((store.folder / "archive").glob("*.jsonl"))
+    with open(day, "a") as fh:
+        fh.write('{"kind": "out", "record": {"id": "m9"')
+    fresh = Store(tmp_path / "state")
+    assert fresh.archive.status_of("m1") == ("FAILED", "why")
+    assert fresh.archive.status_of("m9") is None
+
+
+def row(i, body="hi", when=T0):
+    return SmsRow(kind="inbox", address="+254711", body=f"{body} {i}", date=when, row_id=i)
+
+
+def test_inbox_rows_stored_once_with_uuid_and_position_in_one_write(tmp_path):
+    store = Store(tmp_path / "state")
+    first = store.save_inbox([row(1), row(2)], {"id": 2}, T0)
+    again = store.save_inbox([row(2)], {"id": 2}, T0)
+    assert len(first) == 2 and again == []
+    assert len({m.id for m in first}) == 2 and all(len(m.id) == 36 for m in first)
+    assert store.inbox_position(T0) == {"id": 2}
+    data = json.loads(store.path.read_text())
+    assert len(data["incoming"]) == 2 and data["meta"]["1"]["inbox_position"] == {"id": 2}
+
+
+def test_batch_limits_and_ack(tmp_path):
+    store = Store(tmp_path / "state")
+    store.save_inbox([row(i) for i in range(120)], {"id": 120}, T0)
+    b1 = store.next_batch(T0)
+    assert len(b1.incoming) == 50
+    res = store.complete_exchange(b1, [], T0)
+    assert res.remaining == 70
+    b2 = store.next_batch(T0)
+    assert {m.id for m in b2.incoming}.isdisjoint({m.id for m in b1.incoming})
+
+
+def _adder(folder, start):
+    store = Store(folder)
+    for i in range(start, start + 40):
+        store.add_local("+254700000001", f"t{i}", T0)
+
+
+def test_two_processes_never_lose_each_others_writes(tmp_path):
+    folder = tmp_path / "state"
+    Store(folder)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_adder, args=(folder, n * 100)) for n in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with Store(folder).unit(T0) as u:
+        assert len(u.outgoing()) == 120
+        assert len({m.seq for m in u.outgoing()}) == 120
+
+
+def test_retry_restarts_failed_and_refuses_others(tmp_path):
+    store = Store(tmp_path / "state")
+    store.complete_exchange(store.next_batch(T0), [offered(1), offered(2)], T0)
+    with store.unit(T0) as u:
+        m = u.get("m1")
+        m.retries = 20
+        u.transition(m, OutState.FAILED, "radio off")
+    store.archive_finished(T0)  # FAILED m1 goes to the archive
+    res = store.retry(["m1", "m2", "nope"], False, T0)
+    assert res.retried == ["m1"]
+    assert res.not_found == ["nope"]
+    assert res.wrong_state == [("m2", "UNSENT")]
+    with store.unit(T0) as u:
+        m = u.get("m1")
+        assert m.state is OutState.UNSENT and m.retries == 0 and m.due == T0
