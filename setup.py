@@ -26,6 +26,13 @@ setup(
             "ruff>=0.5",
         ],
     },
+    # The Termux scripts travel with the package so install.sh copies them from
+    # $PREFIX/share/smsgw/termux after `pip install`.
+    data_files=[
+        ("share/smsgw/termux/boot", ["termux/boot/smsgw"]),
+        ("share/smsgw/termux/service/smsgw", ["termux/service/smsgw/run"]),
+        ("share/smsgw/termux/tasker", ["termux/tasker/smsgw-sms-received"]),
+    ],
     entry_points={"console_scripts": ["smsgw=smsgw.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

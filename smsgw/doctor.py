@@ -1,0 +1,136 @@
+"""`smsgw doctor`: each check of the phone set-up, with a timeout, and the fix when it fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Paths, Settings, redact_url
+from .errors import Error, PhoneError
+from .phone import termux
+
+ANDROID_DEFAULT_LIMIT = 30  # SMS parts per 60 s (SmsUsageMonitor)
+ANDROID_DEFAULT_INTERVAL_MS = 60_000
+
+
+@dataclass
+class Check:
+    """One line of the report."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+
+def boot_script() -> Path:
+    return Path(os.environ.get("HOME", str(Path.home()))) / ".termux" / "boot" / "smsgw"
+
+
+def check_commands() -> Check:
+    missing = [c for c in ("termux-sms-send", "termux-sms-list") if shutil.which(c) is None]
+    if missing:
+        return Check("termux-api commands", False, f"missing: {', '.join(missing)}",
+                     "pkg install termux-api")
+    return Check("termux-api commands", True, "termux-sms-send, termux-sms-list found")
+
+
+def check_app() -> Check:
+    installed = termux.app_installed()
+    if installed is None:
+        return Check("Termux:API app", True, "could not ask the package manager (not Android?)")
+    if not installed:
+        return Check("Termux:API app", False, "com.termux.api is not installed",
+                     "install Termux:API from the same source as Termux (F-Droid), open it once")
+    return Check("Termux:API app", True, "com.termux.api installed")
+
+
+def check_permission() -> Check:
+    problem = termux.sms_permission_problem()
+    if problem:
+        return Check("SMS permission", False, problem,
+                     "Android Settings → Apps → Termux:API → Permissions: allow SMS (and "
+                     "Contacts), then run smsgw doctor again")
+    return Check("SMS permission", True, "termux-sms-list answers with a list")
+
+
+def check_boot() -> Check:
+    script = boot_script()
+    if not script.exists():
+        return Check("Termux:Boot script", False, f"{script} is missing",
+                     "run install.sh again (or copy termux/boot/smsgw there), install "
+                     "Termux:Boot from F-Droid and open it once")
+    if not os.access(script, os.X_OK):
+        return Check("Termux:Boot script", False, f"{script} is not executable",
+                     f"chmod +x {script}")
+    return Check("Termux:Boot script", True, str(script))
+
+
+def check_wake_lock() -> Check:
+    try:
+        termux.wake_lock()
+    except PhoneError as exc:
+        return Check("wake lock", False, str(exc),
+                     "open Termux:API once; allow Termux to ignore battery optimisation")
+    return Check("wake lock", True, "termux-wake-lock acquired (also done at boot)")
+
+
+def check_webapp(settings: Settings, timeout: float) -> Check:
+    if not settings.url:
+        return Check("webapp", False, "no URL configured", "smsgw config --url URL")
+    from .webapp import WebappClient
+
+    client = WebappClient(settings.url, connect_timeout=min(timeout, settings.connect_timeout),
+                          read_timeout=timeout, ca_bundle=settings.ca_bundle)
+    try:
+        client.handshake()
+    except Error as exc:
+        return Check("webapp", False, f"{redact_url(settings.url)}: {exc}",
+                     "check the URL and credentials: smsgw config --url URL")
+    finally:
+        client.close()
+    return Check("webapp", True, f"{redact_url(settings.url)} answers as a medic-gateway webapp")
+
+
+def check_rate_limit(settings: Settings, timeout: float) -> Check:
+    count = termux.android_setting("sms_outgoing_check_max_count", timeout)
+    interval = termux.android_setting("sms_outgoing_check_interval_ms", timeout)
+    limit = int(count) if count and count.isdigit() else ANDROID_DEFAULT_LIMIT
+    window = int(interval) if interval and interval.isdigit() else ANDROID_DEFAULT_INTERVAL_MS
+    per_minute = limit * 60_000 // max(window, 1)
+    source = "set" if count and count.isdigit() else "Android's default"
+    detail = (f"Android allows {limit} parts per {window // 1000}s ({source}); smsgw sends at "
+              f"most {settings.max_parts_per_minute} per minute")
+    if settings.max_parts_per_minute > per_minute:
+        return Check("sending limit", False, detail,
+                     f"either `smsgw config --max-per-minute {per_minute}`, or from a computer: "
+                     f"adb shell settings put global sms_outgoing_check_max_count "
+                     f"{settings.max_parts_per_minute} && adb shell settings put global "
+                     "sms_outgoing_check_interval_ms 60000, then reboot the phone")
+    return Check("sending limit", True, detail)
+
+
+def run_checks(paths: Paths, settings: Settings, timeout: float,
+               echo: Callable[[str], None] = print) -> bool:
+    """Run every check, print ✓/✗ lines with fixes; True when all passed."""
+    checks: list[Callable[[], Check]] = [check_commands]
+    ok = True
+    first = check_commands()
+    results = [first]
+    if first.ok:
+        termux.DEFAULT_CHECK_TIMEOUT = timeout
+        checks = [check_app, check_permission, check_wake_lock]
+        results += [c() for c in checks]
+    results += [check_boot(), check_webapp(settings, timeout)]
+    if first.ok:
+        results.append(check_rate_limit(settings, timeout))
+    for r in results:
+        ok &= r.ok
+        echo(f"{'✓' if r.ok else '✗'} {r.name}: {r.detail}")
+        if not r.ok and r.fix:
+            echo(f"    fix: {r.fix}")
+    echo("all checks passed" if ok else "some checks failed: see the fixes above")
+    return ok
