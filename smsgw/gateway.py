@@ -15,7 +15,16 @@ from . import retry, segment
 from .config import Settings
 from .errors import PhoneError, StateError, WebappError
 from .models import Clock, Offered, Outgoing, OutState, Part, PartState, to_iso, utcnow
-from .phone.base import FAILED, SENT, InvalidNumber, Phone, SmsRow, normalize_number, number_digits
+from .phone.base import (
+    FAILED,
+    SENT,
+    InvalidNumber,
+    Phone,
+    SmsRow,
+    java_trim,
+    normalize_number,
+    number_digits,
+)
 from .store import Store, Unit
 
 logger = logging.getLogger(__name__)
@@ -309,11 +318,11 @@ class Gateway:
     @staticmethod
     def _match(msg: Outgoing, part: Part, rows: list[SmsRow], taken: set[str]) -> SmsRow | None:
         digits = number_digits(msg.to)
-        text = part.text.strip()
+        text = java_trim(part.text)
         earliest = (part.handoff or datetime.min) - ROW_SLACK
         for row in rows:
             if (row.key not in taken and row.kind in (SENT, FAILED)
-                    and number_digits(row.address) == digits and row.body.strip() == text
+                    and number_digits(row.address) == digits and java_trim(row.body) == text
                     and row.date >= earliest):
                 return row
         return None

@@ -42,6 +42,14 @@ def normalize_number(raw: object) -> str:
     return number
 
 
+_JAVA_TRIMMED = "".join(chr(c) for c in range(0x21))
+
+
+def java_trim(text: str) -> str:
+    """Trim as Termux:API does (Java's String.trim: every char <= U+0020, nothing else)."""
+    return text.strip(_JAVA_TRIMMED)
+
+
 def number_digits(address: str) -> str:
     """The digits that identify a number, so `+254 7..`, `00254..` and `2547..` compare equal."""
     digits = "".join(ch for ch in address if ch.isdigit())

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ..models import Clock, utcnow
-from .base import FAILED, INBOX, SENT, Phone, SmsRow, normalize_number
+from .base import FAILED, INBOX, SENT, Phone, SmsRow, java_trim, normalize_number
 
 
 @dataclass
@@ -65,7 +65,7 @@ class SimulatedPhone(Phone):
             if self._fail_next > 0:
                 self._fail_next -= 1
             # Android writes the row as sent, then flips it to failed.
-            self._add(FAILED if failing else SENT, number, text.strip())
+            self._add(FAILED if failing else SENT, number, java_trim(text))
 
     def read_inbox(self, position: dict[str, Any] | None) -> tuple[list[SmsRow], dict[str, Any]]:
         with self._lock:
