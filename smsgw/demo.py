@@ -138,7 +138,7 @@ def _verdict(echo: Callable[[str], None], webapp: ReferenceWebapp, phone: Simula
     echo("")
     echo("Result:")
     ok = True
-    for msg_id, (to, text) in queued.items():
+    for msg_id, (_to, text) in queued.items():
         status = webapp.status_of(msg_id)
         reason = _reason(webapp, msg_id, status or "")
         sends = sum(1 for n, t in phone.sends if t == text.strip())

@@ -355,6 +355,8 @@ class Gateway:
             due = [m.due for m in u.outgoing() if m.state is OutState.UNSENT and m.due]
             if due and report.next_send is None:
                 report.next_send = min(due)
+            if self.webapp is not None:
+                report.remaining = u.queued_for_webapp()
 
     def _phone_error(self, now: datetime, text: str) -> None:
         with self.store.unit(now) as u:

@@ -189,6 +189,12 @@ class Unit:
             return  # queued by `smsgw send`: the webapp never heard of it
         self._new_updates.append({"id": msg_id, "status": status, "reason": reason})
 
+    def queued_for_webapp(self) -> int:
+        """Incoming SMS and status updates waiting for a POST."""
+        waiting = sum(1 for d in self.db.table("incoming").all()
+                      if d["state"] == InState.WAITING.value)
+        return waiting + len(self.db.table("updates")) + len(self._new_updates)
+
     # saving ---------------------------------------------------------------
     def save(self) -> None:
         out = self.db.table("outgoing")
@@ -325,9 +331,7 @@ class Store:
             self._accept(u, offered, result)
             u.set_meta("last_exchange_ok", to_iso(now))
             u.set_meta("webapp_failures", 0)
-            waiting = sum(1 for d in u.db.table("incoming").all()
-                          if d["state"] == InState.WAITING.value)
-            result.remaining = waiting + len(u.db.table("updates")) + len(u._new_updates)
+            result.remaining = u.queued_for_webapp()
         return result
 
     def _accept(self, u: Unit, offered: list[tuple[Offered, str | None]],
