@@ -1,17 +1,20 @@
 """smsgw: a headless SMS gateway for Termux that speaks the medic-gateway protocol."""
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="smsgw",
     version="0.1.0",
     description="Headless SMS gateway for Termux speaking the medic-gateway HTTP/JSON protocol",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="AGPL-3.0-or-later",
     python_requires=">=3.10",
     packages=find_packages(include=["smsgw", "smsgw.*"]),
     install_requires=[
         "requests>=2.28",
+        "urllib3>=2.6",  # bounded gzip inflation per read (decompression-bomb safety)
         "click>=8.1",
         "tinydb>=4.7",
         "schedule>=1.2",

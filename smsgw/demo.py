@@ -50,21 +50,42 @@ class VirtualClock:
 
 def run_demo(echo: Callable[[str], None] = print, verbose: bool = False) -> int:
     """Run the demo and print a transcript. Returns 0 only if the whole flow completed."""
+    events = _Events()
+    logger = logging.getLogger("smsgw")
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(events)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     if verbose:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="    log: %(message)s")
+        logger.propagate = True
     clock = VirtualClock()
     webapp = ReferenceWebapp()
     url = webapp.start()
     try:
         with tempfile.TemporaryDirectory(prefix="smsgw-demo-") as tmp:
-            return _run(echo, clock, webapp, url, Path(tmp))
+            return _run(echo, clock, webapp, url, Path(tmp), events)
     finally:
         webapp.stop()
+        logger.removeHandler(events)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+class _Events(logging.Handler):
+    """Collects the gateway's warnings (retries, refusals) for the transcript."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def _run(echo: Callable[[str], None], clock: VirtualClock, webapp: ReferenceWebapp, url: str,
-         folder: Path) -> int:
+         folder: Path, events: _Events) -> int:
     phone = SimulatedPhone(clock)
     store = Store(folder / "state")
     client = WebappClient(url)
@@ -85,7 +106,7 @@ def _run(echo: Callable[[str], None], clock: VirtualClock, webapp: ReferenceWeba
         webapp.queue(to, text, id=msg_id)
         echo(f"  {msg_id:<16} to {to:<14} {_short(text)}")
     phone.fail_next_sends(1)
-    echo("The phone will fail its first send (no service), so one message is retried.")
+    echo("The phone will fail its first send, so one message is retried.")
     incoming = [("+254711000001", "Hello gateway, this is a patient"),
                 ("+254711000002", "STOP")]
     for sender, text in incoming:
@@ -113,6 +134,9 @@ def _run(echo: Callable[[str], None], clock: VirtualClock, webapp: ReferenceWeba
                 reason = _reason(webapp, msg_id, status)
                 echo(f"{t}  webapp   {msg_id} is {status}{reason}")
             seen_status[msg_id] = list(statuses)
+        for line in events.lines:
+            echo(f"{t}  gateway  {line}")
+        events.lines.clear()
         for err in report.errors:
             echo(f"{t}  error    {err}")
         if not offered_again and webapp.status_of("demo-twice") == "SENT":
