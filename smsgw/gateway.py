@@ -33,7 +33,6 @@ MAX_ROUNDS = 10  # POSTs in one cycle; bounds a webapp that keeps re-offering kn
 ROW_SLACK = timedelta(seconds=10)  # row dates have second resolution; phone clock jitter
 SETTLE = timedelta(seconds=5)  # a sent row may still flip to failed right after it appears
 RATE_WINDOW = timedelta(seconds=60)
-USED_ROWS_KEPT = timedelta(days=2)
 DEFAULT_CAUSE = "the phone recorded the SMS as failed"
 UNKNOWN_OUTCOME = "outcome unknown: no record on the phone"
 
@@ -288,8 +287,9 @@ class Gateway:
 
         now = self.clock()
         with self.store.unit(now) as u:
+            # Rows dated before `since` are never read again, so their keys can go.
             used: dict[str, str] = {k: v for k, v in u.meta("used_rows", {}).items()
-                                    if now - datetime.fromisoformat(v) < USED_ROWS_KEPT}
+                                    if datetime.fromisoformat(v) >= since}
             taken: set[str] = set(used)
             touched: dict[str, Outgoing] = {}
             parts = [(m, i, p) for m in u.outgoing() for i, p in enumerate(m.parts)
@@ -307,7 +307,7 @@ class Gateway:
                 taken.add(row.key)
                 if row.kind == SENT and now - row.date < SETTLE:
                     continue  # reserved for this part; decided next time
-                used[row.key] = to_iso(now)
+                used[row.key] = to_iso(row.date)
                 part.row = row.key
                 part.state = PartState.SENT if row.kind == SENT else PartState.FAILED
                 touched[msg.id] = msg

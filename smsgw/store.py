@@ -55,13 +55,32 @@ FAILURES_KEPT = 10
 LOCAL_PREFIX = "local-"
 
 
+def _stat_key(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class AtomicJSONStorage(Storage):
-    """TinyDB storage that never leaves a half-written file and never hides a broken one."""
+    """TinyDB storage that never leaves a half-written file and never hides a broken one.
+
+    The parsed content is kept while the file's inode, size and times are unchanged: every
+    write replaces the file (a new inode), so a change by another process is always seen.
+    A unit of work that fails must call `forget()`, as TinyDB changes the data in place.
+    """
+
+    _cache: dict[Path, tuple[tuple[int, ...], dict[str, Any]]] = {}
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
     def read(self) -> dict[str, Any] | None:
+        key = _stat_key(self.path)
+        cached = self._cache.get(self.path)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -74,9 +93,12 @@ class AtomicJSONStorage(Storage):
             raise StateError(_corrupt(self.path, f"not valid JSON ({exc})")) from None
         if not isinstance(data, dict):
             raise StateError(_corrupt(self.path, "not a JSON object"))
+        if key is not None:
+            self._cache[self.path] = (key, data)
         return data
 
     def write(self, data: dict[str, Any]) -> None:
+        self.forget()
         try:
             atomic_write_text(self.path, json.dumps(data, separators=(",", ":")))
         except OSError as exc:
@@ -84,6 +106,13 @@ class AtomicJSONStorage(Storage):
                 f"cannot save the state file {self.path}: {exc.strerror or exc}; "
                 "the previous state is intact"
             ) from None
+        key = _stat_key(self.path)
+        if key is not None:
+            self._cache[self.path] = (key, data)
+
+    def forget(self) -> None:
+        """Drop the parsed copy (after a failed unit of work changed it in memory)."""
+        self._cache.pop(self.path, None)
 
     def close(self) -> None:
         pass
@@ -260,10 +289,14 @@ class Store:
         with self._locked():
             db = TinyDB(str(self.path), storage=CachingMiddleware(AtomicJSONStorage))
             # No db.close(): closing flushes, and a unit that failed must write nothing.
-            unit = Unit(db, now)
-            yield unit
-            unit.save()
-            db.storage.flush()
+            try:
+                unit = Unit(db, now)
+                yield unit
+                unit.save()
+                db.storage.flush()
+            except BaseException:
+                AtomicJSONStorage(str(self.path)).forget()
+                raise
 
     # incoming -------------------------------------------------------------
     def inbox_position(self, now: datetime) -> dict[str, Any] | None:

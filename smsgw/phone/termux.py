@@ -1,0 +1,522 @@
+"""Termux:API as the phone; the only module of smsgw that runs processes.
+
+Every command goes through run_command(): an argument tuple (never a shell), its own
+process group, a timeout that kills the whole group (termux-api commands wait for the app
+with no timeout of their own), the SMS text only on stdin. The facts this is built on, and
+their sources, are in ../shared/TERMUX.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+from ..errors import PhoneError, PhoneTimeout
+from .base import FAILED, INBOX, SENT, Phone, SmsRow, normalize_number
+
+logger = logging.getLogger(__name__)
+
+SMS_SEND = "termux-sms-send"
+SMS_LIST = "termux-sms-list"
+DEVICE_INFO = "termux-telephony-deviceinfo"
+WAKE_LOCK = "termux-wake-lock"
+API_PACKAGE = "com.termux.api"
+
+RECEIVED_FORMAT = "%Y-%m-%d %H:%M:%S"
+_KINDS = {"inbox": INBOX, "sent": SENT, "failed": FAILED}
+_WORDS = 300  # characters of a tool's output kept in an error text
+
+
+class CommandFailed(PhoneError):
+    """A command exited with a non-zero status (`returncode`; negative: killed by a signal)."""
+
+    def __init__(self, text: str, output: str, returncode: int) -> None:
+        super().__init__(text, output)
+        self.returncode = returncode
+
+
+class ToolError(PhoneError):
+    """Termux:API answered `{"error": ...}`: it refused the command; `words` is its text."""
+
+    def __init__(self, text: str, output: str, words: str) -> None:
+        super().__init__(text, output)
+        self.words = words
+
+
+def _words(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _WORDS else text[:_WORDS] + "..."
+
+
+def run_command(args: tuple[str, ...], *, stdin: str | None = None, timeout: float) -> str:
+    """Run `args` (no shell) in its own process group and return its stdout.
+
+    Raises PhoneTimeout after `timeout` seconds, once the whole group is killed and reaped;
+    CommandFailed on a non-zero exit status; PhoneError when the command cannot start.
+    """
+    logger.debug("running %s (timeout %g s)", shlex.join(args), timeout)
+    data = None
+    if stdin is not None:
+        try:
+            data = stdin.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PhoneError(f"text for {args[0]} is not valid Unicode: {exc.reason}") from None
+    try:
+        proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        raise PhoneError(f"cannot run {args[0]}: {exc.strerror or exc}") from None
+    try:
+        out, err = proc.communicate(data, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise PhoneTimeout(f"{args[0]} did not answer within {timeout:g} s and was stopped "
+                           "(is the Termux:API app installed, allowed and not frozen?)") from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    stdout = out.decode("utf-8", "replace")
+    stderr = err.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        words = _words(stderr) or _words(stdout)
+        raise CommandFailed(
+            f"{args[0]} failed (exit status {proc.returncode})" + (f": {words}" if words else ""),
+            "\n".join(s for s in (stdout.strip(), stderr.strip()) if s), proc.returncode)
+    if stderr.strip():
+        logger.debug("%s wrote on stderr: %s", args[0], _words(stderr))
+    return stdout
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group led by `proc` and reap `proc`."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        # Something that left the group still holds our pipes: stop reading them.
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        proc.wait()
+
+
+def parse_json(command: str, stdout: str) -> Any:
+    """The JSON a termux-api command printed; `{"error": ...}` raises ToolError."""
+    text = stdout.strip()
+    if not text:
+        raise PhoneError(f"{command} gave no answer")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise PhoneError(f"{command} printed something that is not JSON: {_words(text)!r}",
+                         text) from None
+    if isinstance(data, dict) and "error" in data:
+        words = str(data["error"])
+        raise ToolError(f"{command}: {words}", text, words)
+    return data
+
+
+def termux_api_installed() -> bool:
+    """Whether the termux-api package's SMS commands are on PATH."""
+    return all(shutil.which(name) for name in (SMS_SEND, SMS_LIST))
+
+
+# Helpers for `smsgw doctor`: they never raise.
+def app_installed(timeout: float = 10.0) -> bool | None:
+    """Whether the Termux:API app is installed (`pm path`), None when it cannot be told."""
+    try:
+        out = run_command(("pm", "path", API_PACKAGE), timeout=timeout)
+    except CommandFailed as exc:
+        return False if exc.returncode == 1 and not exc.output.strip() else None
+    except PhoneError as exc:
+        logger.debug("pm path %s: %s", API_PACKAGE, exc)
+        return None
+    return True if "package:" in out else None
+
+
+def sms_permission_problem(timeout: float = 10.0) -> str | None:
+    """What stops termux-sms-list (the app's own words, or a hang), or None if it answers."""
+    try:
+        parse_json(SMS_LIST, run_command((SMS_LIST, "-t", "inbox", "-l", "1"), timeout=timeout))
+    except PhoneTimeout:
+        return (f"Termux:API did not answer within {timeout:g} s: install the Termux:API app, "
+                "open it once, allow its SMS, contacts and phone permissions, and exempt it "
+                "from battery optimisation")
+    except ToolError as exc:
+        return exc.words
+    except PhoneError as exc:
+        return str(exc)
+    return None
+
+
+def wake_lock(timeout: float = 10.0) -> None:
+    """Ask Termux to keep the CPU awake (`termux-wake-lock`); failures are only logged."""
+    try:
+        run_command((WAKE_LOCK,), timeout=timeout)
+    except PhoneError as exc:
+        logger.warning("termux-wake-lock failed: %s", exc)
+
+
+# rows and positions --------------------------------------------------------------------
+class _Item(NamedTuple):
+    """A listed row, and the latest UTC second its local `received` time can stand for."""
+
+    row: SmsRow
+    hi: int
+
+    @property
+    def lo(self) -> int:
+        return int(self.row.date.timestamp())
+
+
+class _SelectionIgnored(Exception):
+    """termux-sms-list answered rows its --message-selection excludes."""
+
+
+def _to_utc(received: str) -> tuple[datetime, int]:
+    """`received` (the phone's local time) as aware UTC, and the latest second it may mean.
+
+    A local time in the hour repeated when DST ends has two meanings; the row gets the
+    earlier one and comparisons with positions use the later one, so no row is lost.
+    """
+    naive = datetime.strptime(received, RECEIVED_FORMAT)
+    a = naive.replace(fold=0).astimezone(timezone.utc)
+    b = naive.replace(fold=1).astimezone(timezone.utc)
+    return min(a, b), int(max(a, b).timestamp())
+
+
+def _parse_rows(data: Any) -> list[_Item]:
+    if not isinstance(data, list):
+        raise PhoneError(f"{SMS_LIST} did not answer a list: {_words(json.dumps(data))!r}")
+    items = []
+    for entry in data:
+        if not isinstance(entry, dict):
+            raise PhoneError(f"{SMS_LIST} printed an unexpected row: {_words(repr(entry))}")
+        try:
+            date, hi = _to_utc(entry["received"])
+        except (KeyError, TypeError, ValueError, OverflowError, OSError):
+            raise PhoneError(f"{SMS_LIST} printed a row without a readable date: "
+                             f"{_words(repr(entry.get('received')))}") from None
+        address = entry.get("address")
+        if address is None:
+            address = entry.get("number")  # Termux:API before 0.51
+        body = entry.get("body")
+        row_id = entry.get("_id")  # Termux:API 0.50+
+        kind = entry.get("type")
+        items.append(_Item(SmsRow(
+            kind=_KINDS.get(kind, kind) if isinstance(kind, str) else "",
+            address=address if isinstance(address, str) else "",
+            body=body if isinstance(body, str) else "",
+            date=date,
+            row_id=row_id if isinstance(row_id, int) and not isinstance(row_id, bool) else None,
+        ), hi))
+    return items
+
+
+def _ident(row: SmsRow) -> str:
+    """The row's key without its `_id`, so positions survive an app with or without `_id`."""
+    return replace(row, row_id=None).key
+
+
+@dataclass
+class _Position:
+    """Where the inbox was read up to: the highest `_id` (None without `--message-selection`
+    or before any inbox row), the UTC second from which rows are compared with `seen`, and
+    how many rows of each identity were seen from there on."""
+
+    id: int | None
+    since: int | None
+    seen: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, raw: Any) -> _Position | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict) or ("id" not in raw and "since" not in raw):
+            logger.warning("unknown inbox position %r: starting after the newest SMS", raw)
+            return None
+
+        def integer(value: Any) -> int | None:
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        seen = raw.get("seen")
+        return cls(integer(raw.get("id")), integer(raw.get("since")),
+                   {str(k): v for k, v in seen.items() if integer(v) and v > 0}
+                   if isinstance(seen, dict) else {})
+
+    def dump(self) -> dict[str, Any]:
+        return {"v": 1, "id": self.id, "since": self.since, "seen": dict(sorted(self.seen.items()))}
+
+
+def _new_rows(items: Iterable[_Item], seen: dict[str, int]) -> list[SmsRow]:
+    """Rows of `items` (oldest first) beyond the counts already seen of their identity."""
+    remaining = Counter(seen)
+    new = []
+    for item in items:
+        ident = _ident(item.row)
+        if remaining[ident] > 0:
+            remaining[ident] -= 1
+        else:
+            new.append(item.row)
+    return new
+
+
+def _count(items: Iterable[_Item], keep: Callable[[_Item], bool]) -> dict[str, int]:
+    return dict(Counter(_ident(i.row) for i in items if keep(i)))
+
+
+def _dedupe(items: list[_Item]) -> list[_Item]:
+    """Drop rows listed twice because offsets moved between pages (only rows with `_id`)."""
+    keys: set[str] = set()
+    kept = []
+    for item in items:
+        if item.row.row_id is not None:
+            if item.row.key in keys:
+                continue
+            keys.add(item.row.key)
+        kept.append(item)
+    return kept
+
+
+# the phone ---------------------------------------------------------------------------------
+class TermuxPhone(Phone):
+    """The Android phone through Termux:API commands.
+
+    `calls` counts the termux-api commands this instance ran: they are the gateway's main
+    cost. Reading the inbox or the sent rows is one command while fewer than `page_size`
+    rows are new; whether the app supports --message-selection is probed once.
+    """
+
+    name = "termux"
+
+    def __init__(self, *, sim_slot: int | None = None, send_timeout: float = 60.0,
+                 list_timeout: float = 30.0, page_size: int = 500) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self.sim_slot = sim_slot
+        self.send_timeout = send_timeout
+        self.list_timeout = list_timeout
+        self.page_size = page_size
+        self.calls = 0
+        self._selection: bool | None = None
+
+    def _run(self, args: tuple[str, ...], *, stdin: str | None = None,
+             timeout: float) -> str:
+        self.calls += 1
+        return run_command(args, stdin=stdin, timeout=timeout)
+
+    def _list(self, *options: str) -> list[_Item]:
+        out = self._run((SMS_LIST, *options), timeout=self.list_timeout)
+        return _parse_rows(parse_json(SMS_LIST, out))
+
+    # --message-selection support ------------------------------------------------------
+    @property
+    def supports_selection(self) -> bool:
+        """Whether termux-sms-list applies --message-selection (probed once, then cached)."""
+        if self._selection is None:
+            self._selection = self._probe()
+        return self._selection
+
+    def _probe(self) -> bool:
+        try:
+            rows = self._list("-t", "all", "-l", "1", "--message-selection=_id < 0")
+        except CommandFailed as exc:
+            if exc.returncode == 1 and "option" in exc.output:
+                logger.warning("termux-sms-list does not know --message-selection (%s); "
+                               "reading by date: update termux-api", exc)
+                return False
+            raise
+        if rows:
+            logger.warning("Termux:API ignores --message-selection (app older than 0.51); "
+                           "reading by date: update the Termux:API app")
+        return not rows
+
+    def _selection_ignored(self) -> None:
+        logger.warning("termux-sms-list answered rows outside its --message-selection; "
+                       "reading by date from now on: update the Termux:API app")
+        self._selection = False
+
+    def _pages_by_id(self, type_option: str, selection: str,
+                     check: Callable[[_Item], bool]) -> list[_Item]:
+        """All rows matching `selection`, paged on `_id` (not offsets, which move when rows
+        come or go between pages); every row must pass `check`, else the app ignored it."""
+        items: list[_Item] = []
+        after: int | None = None
+        while True:
+            where = selection if after is None else f"{selection} AND _id > {after}"
+            page = self._list("-t", type_option, "-l", str(self.page_size),
+                              f"--message-selection={where}", "--message-sort-order=_id ASC")
+            for item in page:
+                if item.row.row_id is None or not check(item) or (
+                        after is not None and item.row.row_id <= after):
+                    raise _SelectionIgnored
+            items.extend(page)
+            if len(page) < self.page_size:
+                return sorted(items, key=lambda i: i.row.row_id or 0)
+            after = max(i.row.row_id or 0 for i in page)
+
+    def _pages_by_date(self, type_option: str,
+                       enough: Callable[[list[_Item]], bool]) -> list[_Item]:
+        """Rows newest-first page by page until a short page or one that is `enough`;
+        returned oldest first."""
+        pages: list[list[_Item]] = []
+        while True:
+            page = self._list("-t", type_option, "-l", str(self.page_size),
+                              "-o", str(self.page_size * len(pages)))
+            pages.append(page)
+            if len(page) < self.page_size or enough(page):
+                break
+        # Each page is printed oldest first; the pages themselves go back in time.
+        items = [item for page in reversed(pages) for item in page]
+        return _dedupe(sorted(items, key=lambda i: i.lo))
+
+    # sending -------------------------------------------------------------------------
+    def send(self, number: str, text: str) -> None:
+        number = normalize_number(number)
+        args: tuple[str, ...] = (SMS_SEND, "-n", number)
+        if self.sim_slot is not None:
+            args += ("-s", str(self.sim_slot))
+        try:
+            out = self._run(args, stdin=text, timeout=self.send_timeout)
+        except CommandFailed as exc:
+            exc.maybe_sent = exc.returncode < 0  # argument errors stop it before any send
+            raise
+        if not out.strip():
+            return  # handed over: PENDING, nothing more is known
+        try:
+            data = parse_json(SMS_SEND, out)
+        except ToolError:
+            raise  # refused (e.g. no SEND_SMS permission): not sent
+        except PhoneError as exc:
+            exc.maybe_sent = True
+            raise
+        raise PhoneError(f"{SMS_SEND} answered something unexpected: "
+                         f"{_words(json.dumps(data))!r}", out.strip(), maybe_sent=True)
+
+    # inbox ---------------------------------------------------------------------------
+    def read_inbox(self, position: dict[str, Any] | None) -> tuple[list[SmsRow], dict[str, Any]]:
+        pos = _Position.load(position)
+        if self.supports_selection:
+            try:
+                return self._inbox_by_id(pos)
+            except _SelectionIgnored:
+                self._selection_ignored()
+        return self._inbox_by_date(pos)
+
+    def _inbox_by_id(self, pos: _Position | None) -> tuple[list[SmsRow], dict[str, Any]]:
+        if pos is None:
+            # The newest page by _id: the first position, so the old inbox is not forwarded.
+            items = self._list("-t", "inbox", "-l", str(self.page_size),
+                               "--message-selection=type = 1", "--message-sort-order=_id DESC")
+            if any(i.row.row_id is None for i in items):
+                raise _SelectionIgnored
+            if not items:
+                return [], _Position(None, None).dump()
+            top = max(i.row.row_id or 0 for i in items)
+            since = max(i.lo for i in items) + 1
+            return [], _Position(top, since, _count(
+                items, lambda i: i.row.row_id == top or i.hi >= since)).dump()
+
+        # `_id >= id` finds rows stored since, including one that reuses the last _id after
+        # a delete; `date >= since` (the second after the newest row seen) also finds rows
+        # that reuse lower ids.
+        clauses = []
+        if pos.id is not None:
+            clauses.append(f"_id >= {pos.id}")
+        if pos.since is not None:
+            clauses.append(f"date >= {pos.since * 1000}")
+        selection = "type = 1" + (f" AND ({' OR '.join(clauses)})" if clauses else "")
+
+        def check(item: _Item) -> bool:
+            row_id = item.row.row_id or 0
+            return item.row.kind == INBOX and (not clauses or (
+                (pos.id is not None and row_id >= pos.id)
+                or (pos.since is not None and item.hi >= pos.since)))
+
+        items = self._pages_by_id("inbox", selection, check)
+        new = _new_rows(items, pos.seen)
+        ids = [i.row.row_id for i in items if i.row.row_id is not None]
+        top = max(ids + ([pos.id] if pos.id is not None else []), default=None)
+        since = max([i.lo + 1 for i in items] + ([pos.since] if pos.since is not None else []),
+                    default=None)
+        seen = _count(items, lambda i: i.row.row_id == top or (
+            since is not None and i.hi >= since))
+        return new, _Position(top, since, seen).dump()
+
+    def _inbox_by_date(self, pos: _Position | None) -> tuple[list[SmsRow], dict[str, Any]]:
+        if pos is None:
+            # The rows of the newest second (the first page holds the newest row).
+            newest: list[int] = []
+
+            def enough(page: list[_Item]) -> bool:
+                if not newest:
+                    newest.append(max(i.lo for i in page))
+                return any(i.hi < newest[0] for i in page)
+
+            items = self._pages_by_date("inbox", enough)
+            if not items:
+                return [], _Position(None, None).dump()
+            since = max(i.lo for i in items)
+            return [], _Position(None, since, _count(items, lambda i: i.hi >= since)).dump()
+
+        bound = pos.since
+        items = self._pages_by_date(
+            "inbox", lambda page: bound is not None and any(i.hi < bound for i in page))
+        candidates = [i for i in items if bound is None or i.hi >= bound]
+        new = _new_rows(candidates, pos.seen)
+        # From now on: the newest second, and how many rows of each identity it holds (two
+        # identical SMS in one second are two rows when the app shows no _id).
+        since = max([i.lo for i in candidates] + ([bound] if bound is not None else []),
+                    default=None)
+        seen = _count(candidates, lambda i: since is None or i.hi >= since)
+        return new, _Position(None, since, seen).dump()
+
+    # sent and failed rows ------------------------------------------------------------
+    def read_outgoing(self, since: datetime) -> list[SmsRow]:
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=timezone.utc)
+        floor = math.floor(since.timestamp())
+        if self.supports_selection:
+            try:
+                items = self._pages_by_id(
+                    "all", f"(type = 2 OR type = 5) AND date >= {floor * 1000}",
+                    lambda i: i.row.kind in (SENT, FAILED) and i.hi >= floor)
+                return [i.row for i in sorted(items, key=lambda i: (i.lo, i.row.row_id or 0))]
+            except _SelectionIgnored:
+                self._selection_ignored()
+        # Never `-t failed`: it lists every message. `-t sent` would miss the failed rows.
+        items = self._pages_by_date("all", lambda page: any(i.hi < floor for i in page))
+        return [i.row for i in items if i.row.kind in (SENT, FAILED) and i.hi >= floor]
+
+    # diagnosis -----------------------------------------------------------------------
+    def diagnose(self) -> str | None:
+        try:
+            info = parse_json(DEVICE_INFO, self._run((DEVICE_INFO,), timeout=self.list_timeout))
+        except PhoneError as exc:
+            logger.debug("no diagnosis: %s", exc)
+            return None
+        if not isinstance(info, dict):
+            return None
+        state = info.get("sim_state")
+        if state in (None, "", "absent", "unknown"):
+            return "no SIM"
+        if state != "ready":
+            return f"SIM not ready ({state})"
+        if not info.get("network_operator"):
+            return "no network operator"
+        return None
