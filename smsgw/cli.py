@@ -150,7 +150,8 @@ def config(c: Ctx, url: str | None, no_check: bool, interval: int | None, cdma: 
     """Set or show the settings. With no option, print them (password as ***)."""
     from .config import parse_duration, save_settings, validate_url
 
-    s = c.settings
+    # The file's own settings: an SMSGW_URL override must never be written into it.
+    s = load_settings(c.paths, env={})
     changed = False
     if url is not None:
         s.url = validate_url(url)
@@ -205,6 +206,8 @@ def config(c: Ctx, url: str | None, no_check: bool, interval: int | None, cdma: 
                        "smsgw run)")
     shown = s.to_dict()
     shown["url"] = redact_url(s.url)
+    if os.environ.get("SMSGW_URL"):
+        shown["url"] = f"{redact_url(c.settings.url)} (from SMSGW_URL)"
     width = max(len(k) for k in shown)
     for key, value in shown.items():
         click.echo(f"{key:<{width}}  {'-' if value is None else value}")
@@ -477,9 +480,14 @@ def run(c: Ctx, phone_kind: str, url: str | None, once: bool, interval: int | No
         watcher = NotificationWatcher(c.store(), timeout=s.list_timeout)
         daemon.add_watcher(watcher.period, watcher.check)
     try:
-        sys.exit(daemon.run())
+        code = daemon.run()
     finally:
         webapp.close()
+    report = daemon.last_report
+    if once and (report is None or report.errors):
+        failing = report is not None and any(e.startswith("exchange") for e in report.errors)
+        code = ExitCode.WEBAPP_FAILING if failing else ExitCode.ERROR
+    sys.exit(code)
 
 
 # demo / testserver ---------------------------------------------------------------

@@ -7,8 +7,8 @@ import fcntl
 import json
 import logging
 import os
+import select
 import signal
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -108,24 +108,43 @@ class Daemon:
         self.cycles = 0
         self.scheduler = schedule.Scheduler()
         self._job: schedule.Job | None = None
-        self._wake = threading.Event()
-        self._stop = False
+        self._stop_signal: int | None = None
+        self._woken = False
+        self._pipe: tuple[int, int] | None = None
         self._failures = 0
         self._immediate = 0
+        self.last_report: CycleReport | None = None
 
     # signals ----------------------------------------------------------------
+    # Handlers only set plain flags and write a byte to a pipe: no locks, no logging,
+    # so a signal arriving anywhere (even inside another handler) cannot deadlock.
+    def _poke(self) -> None:
+        if self._pipe is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._pipe[1], b"x")
+
     def _on_stop(self, signum: int, _frame: Any) -> None:
-        logger.info("signal %s: finishing the current cycle, then stopping",
-                    signal.Signals(signum).name)
-        self._stop = True
-        self._wake.set()
+        self._stop_signal = signum
+        self._poke()
 
     def _on_wake(self, _signum: int, _frame: Any) -> None:
-        self._wake.set()
+        self._woken = True
+        self._poke()
 
     def request_wake(self) -> None:
         """Wake the loop for an immediate cycle (used by watchers and hooks)."""
-        self._wake.set()
+        self._woken = True
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep until the timeout, a wake-up or a stop signal."""
+        if self._woken or self._stop_signal is not None or self._pipe is None:
+            return
+        with contextlib.suppress(InterruptedError):
+            ready, _, _ = select.select([self._pipe[0]], [], [], seconds)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._pipe[0], 512):
+                        pass
 
     def add_watcher(self, every: float, check: Callable[[], bool]) -> None:
         """Run `check` every `every` seconds; when it returns True, cycle at once."""
@@ -140,26 +159,35 @@ class Daemon:
         lock = DaemonLock(self.paths)
         lock.acquire({"pid": os.getpid(), "started": to_iso(self.clock()),
                       "interval": self.interval})
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        self._pipe = (rfd, wfd)
         previous = {s: signal.signal(s, self._on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_wake)
         logger.info("smsgw started (pid %d, every %ds)", os.getpid(), self.interval)
         try:
             self._plan(0)
-            while not self._stop:
+            while self._stop_signal is None:
                 self.scheduler.run_pending()
-                if self._stop or self._done():
+                if self._stop_signal is not None or self._done():
                     break
                 delay = self.scheduler.idle_seconds
-                wait = self.interval if delay is None else max(0.0, delay)
-                if self._wake.wait(wait):
-                    self._wake.clear()
-                    if not self._stop:
-                        logger.info("woken for an immediate cycle")
-                        self._plan(0)
+                self._wait(self.interval if delay is None else max(0.0, delay))
+                if self._woken and self._stop_signal is None:
+                    self._woken = False
+                    logger.info("woken for an immediate cycle")
+                    self._plan(0)
+            if self._stop_signal is not None:
+                logger.info("signal %s: stopping after the current cycle",
+                            signal.Signals(self._stop_signal).name)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             lock.release()
+            os.close(rfd)
+            os.close(wfd)
+            self._pipe = None
             logger.info("smsgw stopped after %d cycles", self.cycles)
         return ExitCode.OK
 
@@ -176,6 +204,7 @@ class Daemon:
 
     def _cycle_job(self) -> Any:
         report = self._guard(self.gateway.cycle)
+        self.last_report = report
         self.cycles += 1
         self._plan(self._next_delay(report))
         return schedule.CancelJob

@@ -308,6 +308,9 @@ class TermuxPhone(Phone):
                  list_timeout: float = 30.0, page_size: int = 500) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
+        if sim_slot is not None and (isinstance(sim_slot, bool) or not isinstance(sim_slot, int)
+                                     or sim_slot < 0):
+            raise ValueError(f"not a SIM slot (0-based): {sim_slot!r}")
         self.sim_slot = sim_slot
         self.send_timeout = send_timeout
         self.list_timeout = list_timeout
