@@ -1,0 +1,586 @@
+"""TermuxPhone and run_command over the fake termux-* executables (tests/fakes)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from smsgw.errors import PhoneError, PhoneTimeout
+from smsgw.phone.base import FAILED, INBOX, SENT, InvalidNumber
+from smsgw.phone.termux import (
+    CommandFailed,
+    TermuxPhone,
+    app_installed,
+    parse_json,
+    run_command,
+    sms_permission_problem,
+    termux_api_installed,
+    wake_lock,
+)
+
+pytest_plugins = ["fakes.fixtures"]
+
+T0 = datetime(2026, 3, 10, 9, 15, 42, 654000, tzinfo=timezone.utc)
+PROBE = "--message-selection=_id < 0"
+
+
+@pytest.fixture
+def local_tz():
+    """Set the process's (and the fake phone's) time zone; restored afterwards."""
+    old = os.environ.get("TZ")
+
+    def set_tz(value: str) -> None:
+        os.environ["TZ"] = value
+        time.tzset()
+
+    yield set_tz
+    if old is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+@pytest.fixture
+def fake(fake_termux):
+    fake_termux.set_clock(T0)
+    return fake_termux
+
+
+@pytest.fixture(params=["selection", "old_version"])
+def mode(request, fake):
+    """Run a test against a current Termux:API and an old one that ignores selections."""
+    if request.param == "old_version":
+        fake.set_mode(old_version=1)
+    return request.param
+
+
+def script(tmp_path: Path, monkeypatch, name: str, body: str) -> None:
+    """A one-off executable `name` first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes (not zombies) whose process group is `pgid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+def bodies(rows):
+    return [r.body for r in rows]
+
+
+# run_command -------------------------------------------------------------------------
+def test_run_command_returns_stdout_and_feeds_stdin(fake):
+    assert run_command(("sh", "-c", "cat; echo done"), stdin="héllo\n", timeout=10) == \
+        "héllo\ndone\n"
+
+
+def test_nonzero_exit_is_a_phone_error_with_the_tools_words(fake):
+    with pytest.raises(CommandFailed) as err:
+        run_command(("sh", "-c", "echo 'Unsupported type' >&2; exit 3"), timeout=10)
+    assert isinstance(err.value, PhoneError)
+    assert err.value.returncode == 3
+    assert "Unsupported type" in str(err.value)
+    assert "Unsupported type" in err.value.output
+
+
+def test_missing_command_is_a_phone_error():
+    with pytest.raises(PhoneError, match="cannot run"):
+        run_command(("smsgw-no-such-command",), timeout=5)
+
+
+def test_stdin_text_is_never_logged(fake, caplog):
+    caplog.set_level(logging.DEBUG, logger="smsgw")
+    TermuxPhone().send("+254700000001", "secret pin 4321")
+    assert "termux-sms-send -n +254700000001" in caplog.text
+    assert "4321" not in caplog.text
+
+
+def test_hanging_command_is_killed_with_its_whole_group(fake):
+    fake.set_mode(hang=1)
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for call in fake.calls():
+                seen.update(live_group_members(call["pid"]))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(PhoneTimeout) as err:
+            TermuxPhone(send_timeout=2).send("+254700000001", "hi")
+    finally:
+        stop.set()
+        watcher.join()
+    assert time.monotonic() - started < 15
+    assert err.value.maybe_sent is True
+    (call,) = fake.calls("termux-sms-send")
+    assert len(seen) >= 2  # the fake and its `sleep` child were both in the group
+    deadline = time.monotonic() + 5
+    while live_group_members(call["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live_group_members(call["pid"]) == []
+    assert fake.rows() == []
+
+
+def test_hanging_list_times_out(fake):
+    fake.set_mode(hang="termux-sms-list")
+    phone = TermuxPhone(list_timeout=1)
+    with pytest.raises(PhoneTimeout, match="did not answer within 1 s"):
+        phone.read_inbox(None)
+
+
+# send ------------------------------------------------------------------------------------
+def test_send_puts_the_text_only_on_stdin(fake):
+    text = "  -n Hello\\c; $(reboot) `id` 'quoted' \"x\"\nline two  \n"
+    TermuxPhone().send("+254 700-000.001", text)
+    (call,) = fake.calls("termux-sms-send")
+    assert call["argv"] == ["-n", "+254700000001"]
+    assert call["stdin_len"] == len(text)
+    (row,) = fake.rows()
+    assert row["body"] == text.strip()
+    assert row["address"] == "+254700000001"
+    assert row["type"] == 2
+
+
+@pytest.mark.parametrize("number", [
+    "+254700000001,+254700000002", "0700abc123", "0700111222;reboot", "-n", "-s 1",
+    "0700 111\t222", "07001112\n22", "", "   ", "+", "12", "0700111222 && id", None, 254700000001,
+])
+def test_invalid_numbers_never_reach_a_command(fake, number):
+    with pytest.raises(InvalidNumber):
+        TermuxPhone().send(number, "hi")
+    assert fake.calls() == []
+
+
+def test_sim_slot_is_passed_when_configured(fake):
+    TermuxPhone(sim_slot=1).send("0700111222", "one")
+    TermuxPhone().send("0700111222", "two")
+    assert [c["argv"] for c in fake.calls("termux-sms-send")] == [
+        ["-n", "0700111222", "-s", "1"], ["-n", "0700111222"]]
+
+
+def test_send_permission_error_carries_the_tools_words(fake):
+    fake.set_mode(permission_error=1)
+    with pytest.raises(PhoneError) as err:
+        TermuxPhone().send("0700111222", "hi")
+    assert "android.permission.SEND_SMS" in str(err.value)
+    assert err.value.maybe_sent is False
+    assert fake.rows() == []
+
+
+def test_send_garbage_answer_may_have_sent(tmp_path, monkeypatch):
+    script(tmp_path, monkeypatch, "termux-sms-send", "cat >/dev/null; echo 'Exception in thread'")
+    with pytest.raises(PhoneError, match="not JSON") as err:
+        TermuxPhone().send("0700111222", "hi")
+    assert err.value.maybe_sent is True
+
+
+def test_send_argument_error_was_not_sent(tmp_path, monkeypatch):
+    script(tmp_path, monkeypatch, "termux-sms-send",
+           "echo 'termux-sms-send: illegal option -x'; exit 1")
+    with pytest.raises(CommandFailed, match="illegal option") as err:
+        TermuxPhone().send("0700111222", "hi")
+    assert err.value.maybe_sent is False
+
+
+# parsing termux-sms-list -------------------------------------------------------------------
+@pytest.mark.parametrize("output", [
+    "not json", "[{\"received\": \"yesterday\", \"body\": \"x\"}]", "{\"rows\": []}", "",
+    "[DEBUG] termux-api SmsInbox\n[]",
+])
+def test_garbage_list_output_is_a_phone_error(tmp_path, monkeypatch, output):
+    script(tmp_path, monkeypatch, "termux-sms-list", f"printf '%s' '{output}'")
+    phone = TermuxPhone()
+    phone._selection = True  # skip the probe: the answer under test is the read's
+    with pytest.raises(PhoneError):
+        phone.read_inbox({"v": 1, "id": 1, "since": None, "seen": {}})
+
+
+def test_list_error_object_is_a_phone_error(fake):
+    fake.set_mode(permission_error=1)
+    with pytest.raises(PhoneError, match="android.permission.READ_SMS"):
+        TermuxPhone().read_inbox(None)
+
+
+def test_nonzero_list_exit_is_a_phone_error(tmp_path, monkeypatch):
+    script(tmp_path, monkeypatch, "termux-sms-list", "echo 'no socket' >&2; exit 2")
+    with pytest.raises(PhoneError, match="no socket"):
+        TermuxPhone().read_outgoing(T0)
+
+
+# --message-selection probe -------------------------------------------------------------
+def test_probe_runs_once_per_instance(fake):
+    phone = TermuxPhone()
+    _, pos = phone.read_inbox(None)
+    phone.read_inbox(pos)
+    phone.read_outgoing(T0)
+    assert phone.supports_selection is True
+    probes = [c for c in fake.calls("termux-sms-list") if PROBE in c["argv"]]
+    assert len(probes) == 1
+    assert probes[0]["argv"] == ["-t", "all", "-l", "1", PROBE]
+    TermuxPhone().read_outgoing(T0)
+    assert len([c for c in fake.calls("termux-sms-list") if PROBE in c["argv"]]) == 2
+
+
+def test_probe_sees_an_old_app(fake):
+    fake.set_mode(old_version=1)
+    fake.receive("+254700000001", "hi")
+    phone = TermuxPhone()
+    assert phone.supports_selection is False
+    assert phone.supports_selection is False
+    assert phone.calls == 1
+
+
+def test_probe_sees_an_old_script_refusing_the_option(tmp_path, monkeypatch):
+    script(tmp_path, monkeypatch, "termux-sms-list", """
+case "$*" in *--message-selection*) echo "termux-sms-list: illegal option --"; exit 1;; esac
+echo '[]'""")
+    phone = TermuxPhone()
+    assert phone.read_inbox(None) == ([], {"v": 1, "id": None, "since": None, "seen": {}})
+    assert phone.supports_selection is False
+
+
+def test_old_app_on_an_empty_phone_is_found_out_later(fake):
+    fake.set_mode(old_version=1)
+    phone = TermuxPhone()
+    rows, pos = phone.read_inbox(None)  # the probe cannot tell on an empty phone
+    assert rows == []
+    assert phone.supports_selection is True
+    for i in range(3):
+        fake.receive("+254700000001", f"m{i}", at=T0 + timedelta(seconds=i))
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == ["m0", "m1", "m2"]
+    assert phone.supports_selection is False
+    assert phone.read_inbox(pos)[0] == []
+
+
+# inbox ---------------------------------------------------------------------------------
+def test_first_read_skips_the_old_inbox(fake, mode):
+    fake.receive("+254700000001", "old one", at=T0 - timedelta(days=3))
+    fake.receive("+254700000002", "old two", at=T0)
+    phone = TermuxPhone()
+    rows, pos = phone.read_inbox(None)
+    assert rows == []
+    json.dumps(pos)
+    assert phone.read_inbox(pos) == ([], pos)
+    fake.receive("+254700000003", "new", at=T0 + timedelta(seconds=1))
+    rows, _ = phone.read_inbox(pos)
+    assert [(r.kind, r.address, r.body) for r in rows] == [(INBOX, "+254700000003", "new")]
+
+
+def test_inbox_burst_of_1000_is_read_exactly_once_in_few_calls(fake, mode):
+    fake.receive("+254700000000", "before", at=T0 - timedelta(seconds=5))
+    phone = TermuxPhone()
+    _, pos = phone.read_inbox(None)
+    ids = fake.receive_many([(f"+2547{i:08d}", f"burst {i}") for i in range(1000)], at=T0,
+                            step=timedelta(milliseconds=1))
+    before = phone.calls
+    rows, pos = phone.read_inbox(pos)
+    assert phone.calls - before <= 3
+    assert len(rows) == 1000
+    assert sorted(bodies(rows)) == sorted(f"burst {i}" for i in range(1000))
+    if mode == "selection":
+        assert bodies(rows) == [f"burst {i}" for i in range(1000)]  # by _id
+        assert [r.row_id for r in rows] == ids
+    before = phone.calls
+    assert phone.read_inbox(pos)[0] == []
+    if mode == "selection":
+        assert phone.calls - before == 1
+    fake.receive("+254711111111", "after", at=T0 + timedelta(seconds=1))
+    before = phone.calls
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == ["after"]
+    assert phone.calls - before <= 3
+
+
+def test_inbox_pages_are_all_read_oldest_first(fake, mode):
+    phone = TermuxPhone(page_size=4)
+    _, pos = phone.read_inbox(None)
+    for i in range(11):
+        fake.receive("+254700000001", f"m{i:02d}", at=T0 + timedelta(seconds=i))
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == [f"m{i:02d}" for i in range(11)]
+    assert phone.read_inbox(pos)[0] == []
+
+
+def test_reused_id_after_deleting_the_newest_row_is_read(fake):
+    phone = TermuxPhone()
+    _, pos = phone.read_inbox(None)
+    a = fake.receive("+254700000001", "a", at=T0)
+    b = fake.receive("+254700000001", "b", at=T0)
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == ["a", "b"]
+    assert fake.delete(b)
+    c = fake.receive("+254700000001", "c", at=T0)  # same second, same _id as b
+    assert c == b
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == ["c"]
+    assert [r.row_id for r in rows] == [b]
+    assert phone.read_inbox(pos)[0] == []
+    assert a < b
+
+
+def test_reused_lower_id_after_deleting_the_newest_rows_is_read(fake):
+    phone = TermuxPhone()
+    _, pos = phone.read_inbox(None)
+    ids = [fake.receive("+254700000001", f"m{i}", at=T0) for i in range(4)]
+    rows, pos = phone.read_inbox(pos)
+    assert len(rows) == 4
+    fake.delete(ids[3])
+    fake.delete(ids[2])
+    new = fake.receive("+254700000001", "later", at=T0 + timedelta(seconds=2))
+    assert new == ids[2]  # below the highest _id ever read
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == ["later"]
+    assert phone.read_inbox(pos)[0] == []
+
+
+def test_old_app_loses_and_duplicates_nothing(fake):
+    fake.set_mode(old_version=1)
+    fake.receive("+254700000009", "old", at=T0)
+    phone = TermuxPhone()
+    _, pos = phone.read_inbox(None)
+    # Two identical SMS in the same second as the old one, then more in the next seconds.
+    fake.receive("+254700000001", "same", at=T0)
+    fake.receive("+254700000001", "same", at=T0)
+    rows, pos = phone.read_inbox(pos)
+    assert [(r.address, r.body, r.row_id) for r in rows] == [
+        ("+254700000001", "same", None), ("+254700000001", "same", None)]
+    assert phone.read_inbox(pos)[0] == []
+    fake.receive("+254700000001", "same", at=T0)  # a third one, still in that second
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == ["same"]
+    fake.receive("+254700000002", "next", at=T0 + timedelta(seconds=1))
+    fake.receive("+254700000002", "next", at=T0 + timedelta(seconds=1))
+    fake.receive("+254700000003", "last", at=T0 + timedelta(seconds=2))
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == ["next", "next", "last"]
+    assert phone.read_inbox(pos)[0] == []
+    assert all(r.address for r in rows)  # from `number`: no `address` field on old apps
+
+
+def test_position_survives_an_app_update(fake):
+    fake.set_mode(old_version=1)
+    fake.receive("+254700000001", "old", at=T0)
+    _, pos = TermuxPhone().read_inbox(None)
+    fake.set_mode(old_version=None)
+    fake.receive("+254700000001", "new", at=T0 + timedelta(seconds=1))
+    rows, pos = TermuxPhone().read_inbox(json.loads(json.dumps(pos)))
+    assert bodies(rows) == ["new"]
+    assert TermuxPhone().read_inbox(pos)[0] == []
+
+
+def test_received_is_converted_from_the_phones_local_time(fake, mode, local_tz):
+    local_tz("IST-5:30")  # the phone's zone: UTC+05:30
+    phone = TermuxPhone()
+    _, pos = phone.read_inbox(None)
+    fake.receive("+254700000001", "hi", at=T0)
+    (row,) = phone.read_inbox(pos)[0]
+    assert (row.date, row.date.tzinfo) == (T0.replace(microsecond=0), timezone.utc)
+    out = run_command(("termux-sms-list", "-t", "inbox", "-l", "1"), timeout=10)
+    assert '"received": "2026-03-10 14:45:42"' in out
+
+
+def test_repeated_local_hour_at_dst_end_loses_and_duplicates_nothing(fake, mode, local_tz):
+    local_tz("EST5EDT,M3.2.0,M11.1.0")  # 01:00-02:00 local happens twice on 2026-11-01
+    phone = TermuxPhone()
+    _, pos = phone.read_inbox(None)
+    at = [datetime(2026, 11, 1, 5, 50, tzinfo=timezone.utc),  # 01:50 EDT
+          datetime(2026, 11, 1, 6, 10, tzinfo=timezone.utc),  # 01:10 EST, an hour later
+          datetime(2026, 11, 1, 6, 20, tzinfo=timezone.utc)]  # 01:20 EST
+    for i, when in enumerate(at):
+        fake.receive("+254700000001", f"m{i}", at=when)
+    rows, pos = phone.read_inbox(pos)
+    assert sorted(bodies(rows)) == ["m0", "m1", "m2"]
+    assert phone.read_inbox(pos)[0] == []
+    fake.receive("+254700000001", "m3", at=at[2] + timedelta(minutes=10))
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == ["m3"]
+    assert phone.read_inbox(pos)[0] == []
+
+
+def test_unknown_position_starts_after_the_newest_row(fake):
+    fake.receive("+254700000001", "old", at=T0)
+    assert TermuxPhone().read_inbox({"whatever": 1})[0] == []
+
+
+# outgoing ------------------------------------------------------------------------------
+def test_read_outgoing_finds_sent_and_failed_rows_since(fake, mode):
+    fake.add_row("sent", "+254700000001", "too old", at=T0 - timedelta(minutes=5))
+    fake.receive("+254700000002", "an inbox row", at=T0)
+    fake.add_row("draft", "+254700000003", "a draft", at=T0)
+    fake.add_row("outbox", "+254700000003", "in the outbox", at=T0)
+    fake.add_row(6, "+254700000003", "queued", at=T0)
+    phone = TermuxPhone()
+    phone.send("+254700000004", "  first ")
+    fake.set_mode(fail_next=1, clock=(T0 + timedelta(seconds=1)).isoformat())
+    phone.send("+254700000005", "second")
+    fake.set_clock(T0 + timedelta(seconds=2))
+    phone.send("+254700000006", "third")
+    rows = phone.read_outgoing(T0)
+    assert [(r.kind, r.address, r.body, r.date) for r in rows] == [
+        (SENT, "+254700000004", "first", T0.replace(microsecond=0)),
+        (FAILED, "+254700000005", "second", T0.replace(microsecond=0) + timedelta(seconds=1)),
+        (SENT, "+254700000006", "third", T0.replace(microsecond=0) + timedelta(seconds=2)),
+    ]
+    assert bodies(phone.read_outgoing(T0 + timedelta(seconds=1, microseconds=300000))) == [
+        "second", "third"]
+    assert phone.read_outgoing(T0 + timedelta(seconds=3)) == []
+    assert not any("failed" in c["argv"] or "queued" in c["argv"]
+                   for c in fake.calls("termux-sms-list"))
+
+
+def test_read_outgoing_pages_through_many_rows(fake, mode):
+    phone = TermuxPhone(page_size=4)
+    for i in range(10):
+        fake.add_row("sent" if i % 3 else "failed", "+254700000001", f"s{i}",
+                     at=T0 + timedelta(seconds=i))
+        fake.receive("+254700000002", f"in{i}", at=T0 + timedelta(seconds=i, milliseconds=100))
+    rows = phone.read_outgoing(T0)
+    assert bodies(rows) == [f"s{i}" for i in range(10)]
+    assert [r.kind for r in rows][:4] == [FAILED, SENT, SENT, FAILED]
+
+
+def test_radio_off_send_ends_as_a_failed_row(fake):
+    fake.set_mode(radio_off=1)
+    phone = TermuxPhone()
+    phone.send("0700111222", "hi")
+    assert [(r.kind, r.body) for r in phone.read_outgoing(T0)] == [(FAILED, "hi")]
+
+
+def test_failed_row_may_first_show_as_sent(fake):
+    fake.set_mode(radio_off=1, fail_delay=0.5)
+    phone = TermuxPhone()
+    phone.send("0700111222", "hi")
+    assert [r.kind for r in phone.read_outgoing(T0)] in ([SENT], [FAILED])
+    deadline = time.monotonic() + 10
+    while phone.read_outgoing(T0)[0].kind != FAILED and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [r.kind for r in phone.read_outgoing(T0)] == [FAILED]
+
+
+# call budget -----------------------------------------------------------------------------
+def test_calls_per_method(fake, mode):
+    fake.receive("+254700000009", "old", at=T0)  # so the probe can tell an old app
+    phone = TermuxPhone()
+    _, pos = phone.read_inbox(None)
+    assert phone.calls == 2  # the probe, then the first read
+    fake.receive("+254700000001", "hi", at=T0 + timedelta(seconds=1))
+    for method, call in [
+        (lambda: phone.read_inbox(pos), "termux-sms-list"),
+        (lambda: phone.read_outgoing(T0), "termux-sms-list"),
+        (lambda: phone.send("0700111222", "x"), "termux-sms-send"),
+        (lambda: phone.read_outgoing(T0), "termux-sms-list"),
+        (phone.diagnose, "termux-telephony-deviceinfo"),
+    ]:
+        before, logged = phone.calls, fake.call_count(call)
+        method()
+        assert (phone.calls - before, fake.call_count(call) - logged) == (1, 1)
+    assert phone.calls == fake.call_count()
+
+
+# diagnose and doctor helpers -------------------------------------------------------------
+@pytest.mark.parametrize(("modes", "expected"), [
+    ({}, None), ({"no_sim": 1}, "no SIM"), ({"no_operator": 1}, "no network operator"),
+    ({"hang": 1}, None),
+])
+def test_diagnose(fake, modes, expected):
+    fake.set_mode(**modes)
+    assert TermuxPhone(list_timeout=1).diagnose() == expected
+
+
+def test_diagnose_never_raises_on_garbage(tmp_path, monkeypatch):
+    script(tmp_path, monkeypatch, "termux-telephony-deviceinfo", "echo garbage")
+    assert TermuxPhone().diagnose() is None
+
+
+def test_termux_api_installed(fake, tmp_path, monkeypatch):
+    assert termux_api_installed() is True
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert termux_api_installed() is False
+
+
+def test_app_installed(fake, tmp_path, monkeypatch):
+    assert app_installed() is True
+    fake.set_mode(app_missing=1)
+    assert app_installed() is False
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert app_installed() is None
+
+
+def test_sms_permission_problem(fake):
+    assert sms_permission_problem() is None
+    fake.set_mode(permission_error=1)
+    assert sms_permission_problem() == ("Please grant the following permissions to use this "
+                                        "command: android.permission.READ_SMS ,"
+                                        "android.permission.READ_CONTACTS")
+    fake.set_mode(permission_error=None, app_missing=1)
+    assert "did not answer" in sms_permission_problem(timeout=1)
+
+
+def test_wake_lock_never_raises(fake):
+    wake_lock()
+    fake.set_mode(hang=1)
+    wake_lock(timeout=1.5)
+    assert [c["name"] for c in fake.calls()] == ["termux-wake-lock", "termux-wake-lock"]
+
+
+# the fakes themselves --------------------------------------------------------------------
+def test_fake_list_behaves_like_termux(fake):
+    fake.add_contact("0700 000 001", "Alice")
+    fake.receive("+254700000001", "from alice", at=T0)
+    fake.add_row("failed", "+254700000001", "to alice", at=T0 + timedelta(seconds=1))
+    fake.receive("+254700000002", "newest", at=T0 + timedelta(seconds=2))
+    out = json.loads(run_command(("termux-sms-list", "-l", "2"), timeout=10))
+    assert [r["body"] for r in out] == ["to alice", "newest"]  # newest last
+    assert list(out[0]) == ["threadid", "type", "read", "sender", "address", "number",
+                            "received", "body", "_id"]
+    assert (out[0]["type"], out[0]["sender"], out[1].get("sender")) == ("failed", "You", None)
+    failed = json.loads(run_command(("termux-sms-list", "-t", "failed", "-l", "9"), timeout=10))
+    assert len(failed) == 3  # the bug: every message
+    with pytest.raises(PhoneError):
+        parse_json("termux-sms-list", run_command(("termux-sms-list", "-v"), timeout=10))
+    with pytest.raises(CommandFailed, match="no recipient"):
+        run_command(("termux-sms-send",), stdin="hi", timeout=10)
+
+
+def test_fake_notifications_and_control_command(fake):
+    fake.notify("com.google.android.apps.messaging", "Bob", "see you")
+    (note,) = json.loads(run_command(("termux-notification-list",), timeout=10))
+    assert (note["packageName"], note["title"], note["content"]) == (
+        "com.google.android.apps.messaging", "Bob", "see you")
+    run_command(("fake-termux", "mode", "notification_access=0"), timeout=10)
+    with pytest.raises(PhoneTimeout):
+        run_command(("termux-notification-list",), timeout=1)
+    row_id = run_command(("fake-termux", "receive", "+254700000001", "hello"), timeout=10)
+    assert fake.rows("inbox")[0]["_id"] == int(row_id)
+    assert run_command(("fake-termux", "calls", "--count", "termux-notification-list"),
+                       timeout=10).strip() == "2"
