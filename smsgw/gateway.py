@@ -7,6 +7,7 @@ Knows no click, requests, subprocess or tinydb: it works through the Store, a we
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -288,26 +289,35 @@ class Gateway:
         now = self.clock()
         with self.store.unit(now) as u:
             # Rows dated before `since` are never read again, so their keys can go.
-            used: dict[str, str] = {k: v for k, v in u.meta("used_rows", {}).items()
-                                    if datetime.fromisoformat(v) >= since}
-            taken: set[str] = set(used)
+            # Counts, not a set: without `_id` (old Termux:API) two identical SMS sent
+            # in the same second are two rows with one key.
+            used: dict[str, list[Any]] = {
+                k: v for k, v in u.meta("used_rows", {}).items()
+                if datetime.fromisoformat(v[0]) >= since}
+            consumed = Counter({k: v[1] for k, v in used.items()})
+            occurrence: list[int] = []
+            seen: Counter[str] = Counter()
+            for row in rows:
+                occurrence.append(seen[row.key])
+                seen[row.key] += 1
             touched: dict[str, Outgoing] = {}
             parts = [(m, i, p) for m in u.outgoing() for i, p in enumerate(m.parts)
                      if p.state in (PartState.SENDING, PartState.PENDING)]
             parts.sort(key=lambda t: (t[2].handoff or now, t[0].seq, t[1]))
             for msg, _, part in parts:
-                row = self._match(msg, part, rows, taken)
-                if row is None:
+                index = self._match(msg, part, rows, occurrence, consumed)
+                if index is None:
                     if part.handoff and now - part.handoff > timedelta(
                             seconds=self.settings.confirm_timeout):
                         part.state = PartState.FAILED
                         part.row = UNKNOWN_OUTCOME
                         touched[msg.id] = msg
                     continue
-                taken.add(row.key)
+                row = rows[index]
+                consumed[row.key] += 1
                 if row.kind == SENT and now - row.date < SETTLE:
                     continue  # reserved for this part; decided next time
-                used[row.key] = to_iso(row.date)
+                used[row.key] = [to_iso(row.date), used.get(row.key, [None, 0])[1] + 1]
                 part.row = row.key
                 part.state = PartState.SENT if row.kind == SENT else PartState.FAILED
                 touched[msg.id] = msg
@@ -316,15 +326,17 @@ class Gateway:
                 self._settle(u, msg, cause or DEFAULT_CAUSE, report)
 
     @staticmethod
-    def _match(msg: Outgoing, part: Part, rows: list[SmsRow], taken: set[str]) -> SmsRow | None:
+    def _match(msg: Outgoing, part: Part, rows: list[SmsRow], occurrence: list[int],
+               consumed: Counter[str]) -> int | None:
+        """Index of the oldest row not yet used that records this part's send."""
         digits = number_digits(msg.to)
         text = java_trim(part.text)
         earliest = (part.handoff or datetime.min) - ROW_SLACK
-        for row in rows:
-            if (row.key not in taken and row.kind in (SENT, FAILED)
+        for i, row in enumerate(rows):
+            if (occurrence[i] >= consumed[row.key] and row.kind in (SENT, FAILED)
                     and number_digits(row.address) == digits and java_trim(row.body) == text
                     and row.date >= earliest):
-                return row
+                return i
         return None
 
     def _settle(self, u: Unit, msg: Outgoing, cause: str, report: CycleReport) -> None:

@@ -312,7 +312,10 @@ class Store:
             seen = set(recent)
             table = u.db.table("incoming")
             for row in rows:
-                if row.key in seen:
+                # The phone's position already gives each row once; this guards against a
+                # re-read. Rows without `_id` (old Termux:API) may be true twins with one
+                # key, so only rows with an `_id` are deduplicated here.
+                if row.row_id is not None and row.key in seen:
                     logger.info("inbox row %s already stored, skipped", row.key)
                     continue
                 seen.add(row.key)
