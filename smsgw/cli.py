@@ -520,7 +520,7 @@ def doctor(c: Ctx, timeout: float) -> None:
     """Check the phone set-up and the webapp, and say how to fix what is wrong."""
     from .doctor import run_checks
 
-    ok = run_checks(c.paths, c.settings, timeout, echo=click.echo)
+    ok = run_checks(c.settings, timeout, echo=click.echo)
     sys.exit(ExitCode.OK if ok else ExitCode.ERROR)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Paths, Settings, redact_url
+from .config import Settings, redact_url
 from .errors import Error, PhoneError
 from .phone import termux
 
@@ -38,8 +38,8 @@ def check_commands() -> Check:
     return Check("termux-api commands", True, "termux-sms-send, termux-sms-list found")
 
 
-def check_app() -> Check:
-    installed = termux.app_installed()
+def check_app(timeout: float) -> Check:
+    installed = termux.app_installed(timeout)
     if installed is None:
         return Check("Termux:API app", True, "could not ask the package manager (not Android?)")
     if not installed:
@@ -48,8 +48,8 @@ def check_app() -> Check:
     return Check("Termux:API app", True, "com.termux.api installed")
 
 
-def check_permission() -> Check:
-    problem = termux.sms_permission_problem()
+def check_permission(timeout: float) -> Check:
+    problem = termux.sms_permission_problem(timeout)
     if problem:
         return Check("SMS permission", False, problem,
                      "Android Settings → Apps → Termux:API → Permissions: allow SMS (and "
@@ -69,13 +69,24 @@ def check_boot() -> Check:
     return Check("Termux:Boot script", True, str(script))
 
 
-def check_wake_lock() -> Check:
+def check_service() -> Check:
+    prefix = Path(os.environ.get("PREFIX", "/data/data/com.termux/files/usr"))
+    service = prefix / "var" / "service" / "smsgw"
+    if not service.exists():
+        return Check("runit service", True, "not installed (the boot script runs smsgw itself)")
+    if (service / "down").exists():
+        return Check("runit service", False, f"{service} is disabled",
+                     "sv-enable smsgw (needs `pkg install termux-services`)")
+    return Check("runit service", True, f"{service} enabled")
+
+
+def check_wake_lock(timeout: float) -> Check:
     try:
-        termux.wake_lock()
+        termux.run_command(("termux-wake-lock",), timeout=timeout)
     except PhoneError as exc:
         return Check("wake lock", False, str(exc),
                      "open Termux:API once; allow Termux to ignore battery optimisation")
-    return Check("wake lock", True, "termux-wake-lock acquired (also done at boot)")
+    return Check("wake lock", True, "termux-wake-lock acquired (the boot script takes it too)")
 
 
 def check_webapp(settings: Settings, timeout: float) -> Check:
@@ -113,24 +124,19 @@ def check_rate_limit(settings: Settings, timeout: float) -> Check:
     return Check("sending limit", True, detail)
 
 
-def run_checks(paths: Paths, settings: Settings, timeout: float,
+def run_checks(settings: Settings, timeout: float,
                echo: Callable[[str], None] = print) -> bool:
     """Run every check, print ✓/✗ lines with fixes; True when all passed."""
-    checks: list[Callable[[], Check]] = [check_commands]
-    ok = True
-    first = check_commands()
-    results = [first]
-    if first.ok:
-        termux.DEFAULT_CHECK_TIMEOUT = timeout
-        checks = [check_app, check_permission, check_wake_lock]
-        results += [c() for c in checks]
-    results += [check_boot(), check_webapp(settings, timeout)]
-    if first.ok:
+    results = [check_commands()]
+    if results[0].ok:  # without the commands, the phone checks would only repeat it
+        results += [check_app(timeout), check_permission(timeout), check_wake_lock(timeout)]
+    results += [check_boot(), check_service(), check_webapp(settings, timeout)]
+    if results[0].ok:
         results.append(check_rate_limit(settings, timeout))
     for r in results:
-        ok &= r.ok
         echo(f"{'✓' if r.ok else '✗'} {r.name}: {r.detail}")
         if not r.ok and r.fix:
             echo(f"    fix: {r.fix}")
+    ok = all(r.ok for r in results)
     echo("all checks passed" if ok else "some checks failed: see the fixes above")
     return ok

@@ -172,6 +172,16 @@ def wake_lock(timeout: float = 10.0) -> None:
         logger.warning("termux-wake-lock failed: %s", exc)
 
 
+def android_setting(name: str, timeout: float = 10.0) -> str | None:
+    """A global Android setting (`settings get global NAME`), None when unset or unreadable."""
+    try:
+        out = run_command(("settings", "get", "global", name), timeout=timeout).strip()
+    except PhoneError as exc:
+        logger.debug("settings get global %s: %s", name, exc)
+        return None
+    return None if out in ("", "null") else out
+
+
 # rows and positions --------------------------------------------------------------------
 class _Item(NamedTuple):
     """A listed row, and the latest UTC second its local `received` time can stand for."""

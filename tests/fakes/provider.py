@@ -599,6 +599,16 @@ def control(p: Provider, argv: list[str]) -> int:
     return 0
 
 
+def android_settings(argv: list[str], modes: dict[str, Any]) -> int:
+    """`settings get global NAME`: the value from mode `setting_NAME`, else "null" (unset)."""
+    if len(argv) != 3 or argv[0] != "get":
+        sys.stderr.write("usage: settings get NAMESPACE NAME\n")
+        return 1
+    value = modes.get(f"setting_{argv[2]}")
+    _print(f"{'null' if value is None else value}\n")
+    return 0
+
+
 def main(name: str, argv: list[str]) -> int:
     """Run the fake command `name` (the executable's basename) with `argv`."""
     root = os.environ.get(ENV_DIR)
@@ -634,5 +644,7 @@ def main(name: str, argv: list[str]) -> int:
         return 0
     if name == "pm":
         return pm(argv, modes)
+    if name == "settings":
+        return android_settings(argv, modes)
     sys.stderr.write(f"fake termux: unknown command {name}\n")
     return 127
