@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 MAX_ROUNDS = 10  # POSTs in one cycle; bounds a webapp that keeps re-offering known ids
 ROW_SLACK = timedelta(seconds=10)  # row dates have second resolution; phone clock jitter
 SETTLE = timedelta(seconds=5)  # a sent row may still flip to failed right after it appears
-RATE_WINDOW = timedelta(seconds=60)
+# Android counts sends in its own 60 s window from when each reached it: keep a margin.
+RATE_WINDOW = timedelta(seconds=62)
 DEFAULT_CAUSE = "the phone recorded the SMS as failed"
 UNKNOWN_OUTCOME = "outcome unknown: no record on the phone"
 
@@ -323,6 +324,7 @@ class Gateway:
                 touched[msg.id] = msg
             u.set_meta("used_rows", used)
             for msg in touched.values():
+                u.touch(msg)  # part changes are saved even when the message waits
                 self._settle(u, msg, cause or DEFAULT_CAUSE, report)
 
     @staticmethod
