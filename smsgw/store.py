@@ -150,19 +150,29 @@ class Unit:
     def __init__(self, db: TinyDB, now: datetime) -> None:
         self.db = db
         self.now = now
-        self._out = {d.doc_id: Outgoing.from_dict(d) for d in db.table("outgoing").all()}
-        self._by_id = {m.id: m for m in self._out.values()}
+        self._outgoing: dict[int, Outgoing] | None = None  # parsed on first use
+        self._by_id: dict[str, Outgoing] = {}
+        self._loaded: set[int] = set()
         self._meta = dict(db.table("meta").get(doc_id=1) or {"version": STATE_VERSION})
         if self._meta.get("version", STATE_VERSION) > STATE_VERSION:
             raise StateError(
                 f"the state was written by a newer smsgw (format {self._meta['version']}, "
                 f"this one knows {STATE_VERSION}); upgrade smsgw"
             )
-        self._loaded = set(self._out)
         self._dirty_out: set[int] = set()
         self._removed_out: set[int] = set()
         self._meta_dirty = False
         self._new_updates: list[dict[str, Any]] = []
+
+    @property
+    def _out(self) -> dict[int, Outgoing]:
+        """Outgoing messages by seq, parsed only by units that need them."""
+        if self._outgoing is None:
+            self._outgoing = {d.doc_id: Outgoing.from_dict(d)
+                              for d in self.db.table("outgoing").all()}
+            self._by_id = {m.id: m for m in self._outgoing.values()}
+            self._loaded = set(self._outgoing)
+        return self._outgoing
 
     # meta -----------------------------------------------------------------
     def meta(self, key: str, default: Any = None) -> Any:
@@ -178,6 +188,7 @@ class Unit:
         return sorted(self._out.values(), key=lambda m: m.seq)
 
     def get(self, msg_id: str) -> Outgoing | None:
+        _ = self._out
         return self._by_id.get(msg_id)
 
     def touch(self, msg: Outgoing) -> None:
