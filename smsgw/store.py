@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tinydb import TinyDB
+from tinydb import TinyDB, where
 from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
 from tinydb.table import Document
@@ -150,9 +150,11 @@ class Unit:
     def __init__(self, db: TinyDB, now: datetime) -> None:
         self.db = db
         self.now = now
-        self._outgoing: dict[int, Outgoing] | None = None  # parsed on first use
+        # Outgoing records are parsed on demand: a lookup by id parses one, a listing all.
+        self._parsed: dict[int, Outgoing] = {}
         self._by_id: dict[str, Outgoing] = {}
-        self._loaded: set[int] = set()
+        self._on_disk: set[int] = set()
+        self._complete = False
         self._meta = dict(db.table("meta").get(doc_id=1) or {"version": STATE_VERSION})
         if self._meta.get("version", STATE_VERSION) > STATE_VERSION:
             raise StateError(
@@ -164,15 +166,19 @@ class Unit:
         self._meta_dirty = False
         self._new_updates: list[dict[str, Any]] = []
 
-    @property
-    def _out(self) -> dict[int, Outgoing]:
-        """Outgoing messages by seq, parsed only by units that need them."""
-        if self._outgoing is None:
-            self._outgoing = {d.doc_id: Outgoing.from_dict(d)
-                              for d in self.db.table("outgoing").all()}
-            self._by_id = {m.id: m for m in self._outgoing.values()}
-            self._loaded = set(self._outgoing)
-        return self._outgoing
+    def _register(self, doc: Document) -> Outgoing:
+        msg = Outgoing.from_dict(doc)
+        self._parsed[doc.doc_id] = msg
+        self._by_id[msg.id] = msg
+        self._on_disk.add(doc.doc_id)
+        return msg
+
+    def _load_all(self) -> None:
+        if not self._complete:
+            for doc in self.db.table("outgoing").all():
+                if doc.doc_id not in self._parsed:
+                    self._register(doc)
+            self._complete = True
 
     # meta -----------------------------------------------------------------
     def meta(self, key: str, default: Any = None) -> Any:
@@ -185,11 +191,14 @@ class Unit:
     # outgoing -------------------------------------------------------------
     def outgoing(self) -> list[Outgoing]:
         """Active outgoing messages in arrival order."""
-        return sorted(self._out.values(), key=lambda m: m.seq)
+        self._load_all()
+        return sorted(self._parsed.values(), key=lambda m: m.seq)
 
     def get(self, msg_id: str) -> Outgoing | None:
-        _ = self._out
-        return self._by_id.get(msg_id)
+        if msg_id in self._by_id or self._complete:
+            return self._by_id.get(msg_id)
+        docs = self.db.table("outgoing").search(where("id") == msg_id)
+        return self._register(docs[0]) if docs else None
 
     def touch(self, msg: Outgoing) -> None:
         """Mark a message changed so it is saved."""
@@ -198,15 +207,16 @@ class Unit:
     def add(self, msg: Outgoing) -> None:
         msg.seq = int(self.meta("next_seq", 1))
         self.set_meta("next_seq", msg.seq + 1)
-        self._out[msg.seq] = msg
+        self._parsed[msg.seq] = msg
         self._by_id[msg.id] = msg
         self.touch(msg)
 
     def drop(self, msg: Outgoing) -> None:
-        self._out.pop(msg.seq, None)
+        self._parsed.pop(msg.seq, None)
         self._by_id.pop(msg.id, None)
         self._dirty_out.discard(msg.seq)
-        self._removed_out.add(msg.seq)
+        if msg.seq in self._on_disk:
+            self._removed_out.add(msg.seq)
 
     def transition(self, msg: Outgoing, state: OutState, reason: str | None = None) -> None:
         """Move a message to `state`, keep its history, and queue the update the webapp sees."""
@@ -241,9 +251,9 @@ class Unit:
         if self._removed_out:
             out.remove(doc_ids=list(self._removed_out))
         if self._dirty_out:
-            existing = self._loaded & self._dirty_out
+            existing = self._on_disk & self._dirty_out
             if existing:
-                data = {seq: self._out[seq].to_dict() for seq in existing}
+                data = {seq: self._parsed[seq].to_dict() for seq in existing}
 
                 def replace(doc: dict[str, Any]) -> None:
                     fresh = data[doc["seq"]]
@@ -253,7 +263,7 @@ class Unit:
                 out.update(replace, doc_ids=list(existing))
             fresh = self._dirty_out - existing
             if fresh:
-                out.insert_multiple(Document(self._out[s].to_dict(), doc_id=s) for s in fresh)
+                out.insert_multiple(Document(self._parsed[s].to_dict(), doc_id=s) for s in fresh)
         if self._new_updates:
             self.db.table("updates").insert_multiple(self._new_updates)
         if self._meta_dirty:
