@@ -11,14 +11,16 @@ import select
 import signal
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import schedule
 
 from .config import Paths, atomic_write_text
 from .errors import ExitCode, UserError
-from .gateway import CycleReport, Gateway
 from .models import to_iso, utcnow
+
+if TYPE_CHECKING:  # the gateway is only needed by a running daemon, not by `smsgw status`
+    from .gateway import CycleReport, Gateway
 
 logger = logging.getLogger(__name__)
 
