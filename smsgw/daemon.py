@@ -13,13 +13,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import schedule
 
 from .config import Paths, atomic_write_text
 from .errors import ExitCode, UserError
 from .models import to_iso, utcnow
 
-if TYPE_CHECKING:  # the gateway is only needed by a running daemon, not by `smsgw status`
+if TYPE_CHECKING:  # only a running daemon needs these, not `smsgw status` or `smsgw hook`
+    import schedule
+
     from .gateway import CycleReport, Gateway
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class Daemon:
         self.clock = clock
         self.max_cycles = max_cycles
         self.cycles = 0
+        import schedule
+
         self.scheduler = schedule.Scheduler()
         self._job: schedule.Job | None = None
         self._stop_signal: int | None = None
@@ -209,6 +212,8 @@ class Daemon:
         self.last_report = report
         self.cycles += 1
         self._plan(self._next_delay(report))
+        import schedule
+
         return schedule.CancelJob
 
     def _plan(self, delay: float) -> None:
