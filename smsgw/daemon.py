@@ -13,7 +13,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-
 from .config import Paths, atomic_write_text
 from .errors import ExitCode, UserError
 from .models import to_iso, utcnow
