@@ -11,77 +11,81 @@
 #   SMSGW_PREFIX  install into this prefix instead of Termux's (for testing elsewhere)
 set -eu
 
-SMSGW_SOURCE="${SMSGW_SOURCE:-https://github.com/smsgw-project/smsgw/archive/refs/heads/main.tar.gz}"
-TERMUX_PREFIX=/data/data/com.termux/files/usr
+# Everything runs from main(), called on the last line: a download cut short by
+# `curl | sh` runs nothing at all.
+main() {
 
-say() { printf '%s\n' "smsgw-install: $*"; }
-die() { printf '%s\n' "smsgw-install: error: $*" >&2; exit 1; }
+    SMSGW_SOURCE="${SMSGW_SOURCE:-https://github.com/smsgw-project/smsgw/archive/refs/heads/main.tar.gz}"
+    TERMUX_PREFIX=/data/data/com.termux/files/usr
 
-if [ -n "${SMSGW_PREFIX:-}" ]; then
-    PREFIX="$SMSGW_PREFIX"
-elif [ -n "${TERMUX_VERSION:-}" ] || [ -d "$TERMUX_PREFIX" ]; then
-    PREFIX="${PREFIX:-$TERMUX_PREFIX}"
-else
-    die "this is not Termux. smsgw runs inside Termux on Android (install Termux from F-Droid).
+    say() { printf '%s\n' "smsgw-install: $*"; }
+    die() { printf '%s\n' "smsgw-install: error: $*" >&2; exit 1; }
+
+    if [ -n "${SMSGW_PREFIX:-}" ]; then
+        PREFIX="$SMSGW_PREFIX"
+    elif [ -n "${TERMUX_VERSION:-}" ] || [ -d "$TERMUX_PREFIX" ]; then
+        PREFIX="${PREFIX:-$TERMUX_PREFIX}"
+    else
+        die "this is not Termux. smsgw runs inside Termux on Android (install Termux from F-Droid).
 On a computer, try it with: pip install '$SMSGW_SOURCE' && smsgw demo
 (set SMSGW_PREFIX to install into a test prefix anyway)"
-fi
-[ -n "${HOME:-}" ] || die "HOME is not set"
-PATH="$PREFIX/bin:$PATH"
-export PATH PREFIX
-
-# 1. Packages ---------------------------------------------------------------------
-need=""
-command -v python >/dev/null 2>&1 || need="$need python"
-python -m pip --version >/dev/null 2>&1 || need="$need python-pip"
-command -v termux-sms-send >/dev/null 2>&1 || need="$need termux-api"
-if [ -n "$need" ]; then
-    say "installing packages:$need"
-    # shellcheck disable=SC2086
-    pkg install -y $need || die "pkg install$need failed; run 'pkg update' and try again"
-else
-    say "python, pip and termux-api are already installed"
-fi
-
-# 2. smsgw itself -------------------------------------------------------------------
-say "installing smsgw from $SMSGW_SOURCE"
-python -m pip install --quiet --disable-pip-version-check "$SMSGW_SOURCE" \
-    || die "pip could not install smsgw from $SMSGW_SOURCE"
-command -v smsgw >/dev/null 2>&1 || die "smsgw was installed but is not on PATH ($PREFIX/bin)"
-
-# 3. Scripts, from the installed package: never clobber what the user changed -----------
-share="$(python -c 'import sys; print(sys.prefix)')/share/smsgw/termux"
-[ -f "$share/boot/smsgw" ] || die "the smsgw package has no Termux scripts in $share"
-
-# put_file SRC DEST: install, or leave alone when identical, or put beside as DEST.new.
-put_file() {
-    src="$1"; dest="$2"
-    mkdir -p "$(dirname "$dest")"
-    if [ ! -e "$dest" ]; then
-        cp "$src" "$dest"; chmod 700 "$dest"; say "installed $dest"
-    elif ! cmp -s "$src" "$dest"; then
-        cp "$src" "$dest.new"; chmod 700 "$dest.new"
-        say "kept your $dest; the new version is in $dest.new"
     fi
-}
+    [ -n "${HOME:-}" ] || die "HOME is not set"
+    PATH="$PREFIX/bin:$PATH"
+    export PATH PREFIX
 
-put_file "$share/boot/smsgw" "$HOME/.termux/boot/smsgw"
-put_file "$share/tasker/smsgw-sms-received" "$HOME/.termux/tasker/smsgw-sms-received"
+    # 1. Packages ---------------------------------------------------------------------
+    need=""
+    command -v python >/dev/null 2>&1 || need="$need python"
+    python -m pip --version >/dev/null 2>&1 || need="$need python-pip"
+    command -v termux-sms-send >/dev/null 2>&1 || need="$need termux-api"
+    if [ -n "$need" ]; then
+        say "installing packages:$need"
+        # shellcheck disable=SC2086
+        pkg install -y $need </dev/null || die "pkg install$need failed; run 'pkg update' and try again"
+    else
+        say "python, pip and termux-api are already installed"
+    fi
 
-service="$PREFIX/var/service/smsgw"
-first_service_install=0
-[ -d "$service" ] || first_service_install=1
-put_file "$share/service/smsgw/run" "$service/run"
-mkdir -p "$service/log"
-if [ ! -e "$service/log/run" ] && [ ! -L "$service/log/run" ]; then
-    ln -s "$PREFIX/share/termux-services/svlogger" "$service/log/run"
-fi
-if [ "$first_service_install" = 1 ]; then
-    : >"$service/down"  # disabled until the user runs sv-enable smsgw
-fi
+    # 2. smsgw itself -------------------------------------------------------------------
+    say "installing smsgw from $SMSGW_SOURCE"
+    python -m pip install --quiet --disable-pip-version-check "$SMSGW_SOURCE" </dev/null \
+        || die "pip could not install smsgw from $SMSGW_SOURCE"
+    command -v smsgw >/dev/null 2>&1 || die "smsgw was installed but is not on PATH ($PREFIX/bin)"
 
-# 4. Next steps ------------------------------------------------------------------------
-cat <<EOF
+    # 3. Scripts, from the installed package: never clobber what the user changed -----------
+    share="$(python -c 'import sys; print(sys.prefix)')/share/smsgw/termux"
+    [ -f "$share/boot/smsgw" ] || die "the smsgw package has no Termux scripts in $share"
+
+    # put_file SRC DEST: install, or leave alone when identical, or put beside as DEST.new.
+    put_file() {
+        src="$1"; dest="$2"
+        mkdir -p "$(dirname "$dest")"
+        if [ ! -e "$dest" ]; then
+            cp "$src" "$dest"; chmod 700 "$dest"; say "installed $dest"
+        elif ! cmp -s "$src" "$dest"; then
+            cp "$src" "$dest.new"; chmod 700 "$dest.new"
+            say "kept your $dest; the new version is in $dest.new"
+        fi
+    }
+
+    put_file "$share/boot/smsgw" "$HOME/.termux/boot/smsgw"
+    put_file "$share/tasker/smsgw-sms-received" "$HOME/.termux/tasker/smsgw-sms-received"
+
+    service="$PREFIX/var/service/smsgw"
+    first_service_install=0
+    [ -d "$service" ] || first_service_install=1
+    put_file "$share/service/smsgw/run" "$service/run"
+    mkdir -p "$service/log"
+    if [ ! -e "$service/log/run" ] && [ ! -L "$service/log/run" ]; then
+        ln -s "$PREFIX/share/termux-services/svlogger" "$service/log/run"
+    fi
+    if [ "$first_service_install" = 1 ]; then
+        : >"$service/down"  # disabled until the user runs sv-enable smsgw
+    fi
+
+    # 4. Next steps ------------------------------------------------------------------------
+    cat <<EOF
 
 smsgw is installed. Next steps:
   1. Install the Termux:API and Termux:Boot apps from F-Droid (same source as Termux),
@@ -92,3 +96,6 @@ smsgw is installed. Next steps:
      sv-enable smsgw                      # run now and at every boot
   5. smsgw status                         # is it healthy?
 EOF
+}
+
+main "$@"

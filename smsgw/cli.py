@@ -79,7 +79,12 @@ def setup_logging(paths: Paths, debug: bool, console: bool, url: str | None) -> 
                                   encoding="utf-8")
     handlers: list[logging.Handler] = [handler]
     if console:
-        handlers.append(logging.StreamHandler(sys.stderr))
+        stream = logging.StreamHandler(sys.stderr)
+        # Under runit or Termux:Boot, stderr is a second log file: warnings only there,
+        # everything in the rotating log.
+        if not (debug or sys.stderr.isatty()):
+            stream.setLevel(logging.WARNING)
+        handlers.append(stream)
     for h in handlers:
         h.setFormatter(fmt)
         h.addFilter(secret_filter)
@@ -479,6 +484,12 @@ def run(c: Ctx, phone_kind: str, url: str | None, once: bool, interval: int | No
 
         watcher = NotificationWatcher(c.store(), timeout=s.list_timeout)
         daemon.add_watcher(watcher.period, watcher.check)
+    else:
+        from .models import utcnow
+
+        with c.store().unit(utcnow()) as u:  # no stale watcher state in `smsgw status`
+            if u.meta("watcher"):
+                u.set_meta("watcher", None)
     try:
         code = daemon.run()
     finally:

@@ -113,7 +113,9 @@ class Gateway:
     # 1. inbox -------------------------------------------------------------
     def read_inbox(self, report: CycleReport) -> None:
         now = self.clock()
-        position = self.store.inbox_position(now)
+        with self.store.unit(now) as u:
+            position = u.meta("inbox_position")
+            had_error = u.meta("phone_error") is not None
         try:
             rows, new_position = self.phone.read_inbox(position)
         except PhoneError as exc:
@@ -122,6 +124,9 @@ class Gateway:
         if rows or new_position != position:
             stored = self.store.save_inbox(rows, new_position, now)
             report.received += len(stored)
+        if had_error:  # the phone answers again: the old error is history, not status
+            with self.store.unit(self.clock()) as u:
+                u.set_meta("phone_error", None)
 
     # 2-3. exchange ------------------------------------------------------------
     def exchange(self, report: CycleReport) -> None:

@@ -320,10 +320,6 @@ class Store:
                 raise
 
     # incoming -------------------------------------------------------------
-    def inbox_position(self, now: datetime) -> dict[str, Any] | None:
-        with self.unit(now) as u:
-            return u.meta("inbox_position")
-
     def save_inbox(self, rows: Iterable[Any], position: dict[str, Any], now: datetime,
                    ) -> list[Incoming]:
         """Store new inbox rows with fresh UUIDs in the same write that moves the position."""

@@ -18,7 +18,8 @@ from .store import Store
 
 logger = logging.getLogger(__name__)
 
-MESSAGING_HINTS = ("messaging", "mms", "sms", "securesms", "message")
+# Package names of SMS apps: Google Messages, AOSP, Samsung, Signal, QKSMS, Fossify...
+MESSAGING_HINTS = ("messaging", "mms", "sms")
 
 
 def is_messaging_app(package: str) -> bool:

@@ -158,7 +158,8 @@ def test_inbox_rows_stored_once_with_uuid_and_position_in_one_write(tmp_path):
     again = store.save_inbox([row(2)], {"id": 2}, T0)
     assert len(first) == 2 and again == []
     assert len({m.id for m in first}) == 2 and all(len(m.id) == 36 for m in first)
-    assert store.inbox_position(T0) == {"id": 2}
+    with store.unit(T0) as u:
+        assert u.meta("inbox_position") == {"id": 2}
     data = json.loads(store.path.read_text())
     assert len(data["incoming"]) == 2 and data["meta"]["1"]["inbox_position"] == {"id": 2}
 
