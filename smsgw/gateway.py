@@ -70,6 +70,22 @@ class CycleReport:
         return not self.errors and (self.remaining > 0 or self.new > 0)
 
 
+_STOP = object()
+_AWAITING_PARTS = (PartState.SENDING.value, PartState.PENDING.value)
+
+
+@dataclass
+class _Handoff:
+    """One message's sends in flight: what to send and what happened."""
+
+    msg_id: str
+    number: str
+    texts: list[tuple[int, str]]
+    outcome: dict[int, PartState] = field(default_factory=dict)
+    error: Exception | None = None
+    stop: bool = False
+
+
 def invalid_reason(msg: Offered) -> str | None:
     """Why a webapp message cannot be sent, or None when it can."""
     if not msg.id:
@@ -168,94 +184,116 @@ class Gateway:
         return [Part(text=t) for t in texts]
 
     def send_due(self, report: CycleReport) -> None:
-        """Send due messages in arrival order, within the rate budget."""
+        """Send due messages in arrival order, within the rate budget.
+
+        One state write per message: the outcome of one send is saved together with the
+        intent of the next (a crash in between leaves the first SENDING, which is
+        reconciled from the phone's rows, never sent again).
+        """
         now = self.clock()
         with self.store.unit(now) as u:
             self._expire(u)
-            due = [m.id for m in u.outgoing()
-                   if m.state is OutState.UNSENT and (m.due is None or m.due <= now)]
+            due_before = to_iso(now)
+            due = u.ids_where(lambda d: d["state"] == OutState.UNSENT.value
+                              and (d.get("due") is None or d["due"] <= due_before))
+        done: _Handoff | None = None
         for msg_id in due:
-            if not self._send_one(msg_id, report):
+            with self.store.unit(self.clock()) as u:
+                if done is not None:
+                    self._finish(u, done, report)
+                    done = None
+                job = self._begin(u, msg_id, report)
+            if job is None:
+                continue
+            if job is _STOP:
                 break
+            assert isinstance(job, _Handoff)
+            self._hand_over(job, report)
+            done = job
+            if job.stop:
+                break
+        if done is not None:
+            with self.store.unit(self.clock()) as u:
+                self._finish(u, done, report)
 
     def _expire(self, u: Unit) -> None:
         ttl = self.settings.message_ttl
         if not ttl:
             return
-        for msg in u.outgoing():
-            if msg.state is OutState.UNSENT and u.now - msg.created > timedelta(seconds=ttl):
-                u.transition(msg, OutState.FAILED, "expired")
-                logger.warning("message %s to %s expired unsent after %ss", msg.id, msg.to, ttl)
+        cutoff = to_iso(u.now - timedelta(seconds=ttl))
+        for msg_id in u.ids_where(lambda d: d["state"] == OutState.UNSENT.value
+                                  and d["created"] < cutoff):
+            msg = u.get(msg_id)
+            assert msg is not None
+            u.transition(msg, OutState.FAILED, "expired")
+            logger.warning("message %s to %s expired unsent after %ss", msg.id, msg.to, ttl)
 
     def _budget_left(self, u: Unit) -> tuple[int, list[list[Any]]]:
         log = [e for e in u.meta("send_log", []) if u.now - datetime.fromisoformat(e[0])
                < RATE_WINDOW]
         return self.settings.max_parts_per_minute - sum(e[1] for e in log), log
 
-    def _send_one(self, msg_id: str, report: CycleReport) -> bool:
-        """Send one message's unsent parts. False when sending must stop for this cycle."""
-        now = self.clock()
-        with self.store.unit(now) as u:
-            msg = u.get(msg_id)
-            if msg is None or msg.state is not OutState.UNSENT:
-                return True
-            if not msg.parts:
-                msg.parts = self._parts_of(msg)
-            todo = [i for i, p in enumerate(msg.parts)
-                    if p.state in (PartState.UNSENT, PartState.FAILED)]
-            cost = sum(segment.count_parts(msg.parts[i].text) for i in todo)
-            left, log = self._budget_left(u)
-            if cost > left and left < self.settings.max_parts_per_minute:
-                oldest = min(datetime.fromisoformat(e[0]) for e in log)
-                report.next_send = oldest + RATE_WINDOW
-                logger.info("rate limit: %d parts in the last minute; message %s waits",
-                            self.settings.max_parts_per_minute - left, msg.id)
-                return False
-            # The intent is durable before the SMS exists: after a crash we reconcile, never resend.
-            for i in todo:
-                msg.parts[i].state = PartState.SENDING
-                msg.parts[i].handoff = now
-            u.set_meta("send_log", log + [[to_iso(now), cost]])
-            u.transition(msg, OutState.SENDING)
-            number, texts = msg.to, [(i, msg.parts[i].text) for i in todo]
+    def _begin(self, u: Unit, msg_id: str, report: CycleReport) -> _Handoff | object | None:
+        """Record the intent to send (SENDING) durably, or say why not: None skips the
+        message, _STOP ends sending for this cycle (rate budget spent)."""
+        msg = u.get(msg_id)
+        if msg is None or msg.state is not OutState.UNSENT:
+            return None
+        if not msg.parts:
+            msg.parts = self._parts_of(msg)
+        todo = [i for i, p in enumerate(msg.parts)
+                if p.state in (PartState.UNSENT, PartState.FAILED)]
+        cost = sum(segment.count_parts(msg.parts[i].text) for i in todo)
+        left, log = self._budget_left(u)
+        if cost > left and left < self.settings.max_parts_per_minute:
+            oldest = min(datetime.fromisoformat(e[0]) for e in log)
+            report.next_send = oldest + RATE_WINDOW
+            logger.info("rate limit: %d parts in the last minute; message %s waits",
+                        self.settings.max_parts_per_minute - left, msg.id)
+            return _STOP
+        for i in todo:
+            msg.parts[i].state = PartState.SENDING
+            msg.parts[i].handoff = u.now
+        u.set_meta("send_log", log + [[to_iso(u.now), cost]])
+        u.transition(msg, OutState.SENDING)
+        return _Handoff(msg.id, msg.to, [(i, msg.parts[i].text) for i in todo])
 
-        outcome: dict[int, PartState] = {}
-        error: PhoneError | InvalidNumber | None = None
-        for i, text in texts:
+    def _hand_over(self, job: _Handoff, report: CycleReport) -> None:
+        """Run the sends (no lock held): one termux-sms-send per part, stop at an error."""
+        for i, text in job.texts:
             try:
-                self.phone.send(number, text)
+                self.phone.send(job.number, text)
             except (InvalidNumber, PhoneError) as exc:
-                error = exc
-                if not getattr(exc, "maybe_sent", False):
-                    outcome[i] = PartState.FAILED
-                else:
-                    outcome[i] = PartState.SENDING  # unknown: left for reconciliation
-                break
-            outcome[i] = PartState.PENDING
+                job.error = exc
+                maybe_sent = getattr(exc, "maybe_sent", False)
+                job.outcome[i] = PartState.SENDING if maybe_sent else PartState.FAILED
+                job.stop = maybe_sent  # the phone is not answering: try again next cycle
+                return
+            job.outcome[i] = PartState.PENDING
             report.handed += 1
 
+    def _finish(self, u: Unit, job: _Handoff, report: CycleReport) -> None:
+        """Record what the sends of one message did."""
+        msg = u.get(job.msg_id)
+        assert msg is not None
+        error = job.error
+        for i, _ in job.texts:  # parts after a failure were never attempted
+            msg.parts[i].state = job.outcome.get(i, PartState.UNSENT)
+        u.touch(msg)
         if isinstance(error, PhoneError):
-            self._phone_error(self.clock(), f"sending {msg_id}: {error}")
-        with self.store.unit(self.clock()) as u:
-            msg = u.get(msg_id)
-            assert msg is not None
-            for i, _ in texts:  # parts after a failure were never attempted
-                msg.parts[i].state = outcome.get(i, PartState.UNSENT)
-            if isinstance(error, InvalidNumber):
-                u.transition(msg, OutState.FAILED, str(error))
-                report.failed += 1
-                return True
-            if isinstance(error, PhoneError) and error.maybe_sent:
-                logger.error("message %s: %s; the outcome is checked on the phone", msg.id, error)
-                return False
-            if error is not None and not any(p.state is PartState.PENDING for p in msg.parts):
-                self._failed_try(u, msg, str(error), report)
-                return True
-            # With some parts handed over, the failed one is retried once they are settled.
+            self._phone_error_in(u, f"sending {msg.id}: {error}")
+        if isinstance(error, InvalidNumber):
+            u.transition(msg, OutState.FAILED, str(error))
+            report.failed += 1
+        elif isinstance(error, PhoneError) and error.maybe_sent:
+            logger.error("message %s: %s; the outcome is checked on the phone", msg.id, error)
+        elif error is not None and not any(p.state is PartState.PENDING for p in msg.parts):
+            self._failed_try(u, msg, str(error), report)
+        else:
+            # With some parts handed over, a failed one is retried once they are settled.
             u.transition(msg, OutState.PENDING)
             logger.info("message %s to %s handed to the phone (%d part%s)", msg.id, msg.to,
-                        len(texts), "" if len(texts) == 1 else "s")
-        return True
+                        len(job.texts), "" if len(job.texts) == 1 else "s")
 
     def _failed_try(self, u: Unit, msg: Outgoing, cause: str, report: CycleReport) -> None:
         """A try failed: schedule the protocol's retry, or give up after 20."""
@@ -276,8 +314,7 @@ class Gateway:
         """Learn SENT or failed tries from the phone's rows; give up on unknown outcomes."""
         now = self.clock()
         with self.store.unit(now) as u:
-            waiting = [(m, i, p) for m in u.outgoing() for i, p in enumerate(m.parts)
-                       if p.state in (PartState.SENDING, PartState.PENDING)]
+            waiting = self._awaiting(u)
         report.awaiting = len({m.id for m, _, _ in waiting})
         if not waiting:
             return
@@ -307,8 +344,7 @@ class Gateway:
                 occurrence.append(seen[row.key])
                 seen[row.key] += 1
             touched: dict[str, Outgoing] = {}
-            parts = [(m, i, p) for m in u.outgoing() for i, p in enumerate(m.parts)
-                     if p.state in (PartState.SENDING, PartState.PENDING)]
+            parts = self._awaiting(u)
             parts.sort(key=lambda t: (t[2].handoff or now, t[0].seq, t[1]))
             for msg, _, part in parts:
                 index = self._match(msg, part, rows, occurrence, consumed)
@@ -331,6 +367,14 @@ class Gateway:
             for msg in touched.values():
                 u.touch(msg)  # part changes are saved even when the message waits
                 self._settle(u, msg, cause or DEFAULT_CAUSE, report)
+
+    @staticmethod
+    def _awaiting(u: Unit) -> list[tuple[Outgoing, int, Part]]:
+        """Parts handed over (or maybe handed over) whose outcome the phone has not shown."""
+        ids = u.ids_where(lambda d: any(p["state"] in _AWAITING_PARTS for p in d["parts"]))
+        msgs = [m for m in (u.get(i) for i in ids) if m is not None]
+        return [(m, i, p) for m in msgs for i, p in enumerate(m.parts)
+                if p.state.value in _AWAITING_PARTS]
 
     @staticmethod
     def _match(msg: Outgoing, part: Part, rows: list[SmsRow], occurrence: list[int],
@@ -371,9 +415,10 @@ class Gateway:
         now = self.clock()
         self.store.archive_finished(now)
         with self.store.unit(now) as u:
-            due = [m.due for m in u.outgoing() if m.state is OutState.UNSENT and m.due]
+            due = [r["due"] for r in u.records(
+                lambda d: d["state"] == OutState.UNSENT.value and d.get("due") is not None)]
             if due and report.next_send is None:
-                report.next_send = min(due)
+                report.next_send = datetime.fromisoformat(min(due))
             if self.webapp is not None:
                 report.remaining = u.queued_for_webapp()
 

@@ -126,17 +126,24 @@ class Outgoing:
             "id": self.id, "to": self.to, "content": self.content, "state": self.state.value,
             "created": to_iso(self.created), "last_activity": to_iso(self.last_activity),
             "seq": self.seq, "retries": self.retries, "due": to_iso(self.due),
-            "reason": self.reason, "parts": [p.to_dict() for p in self.parts],
+            "reason": self.reason, "parts": [self._part_dict(p) for p in self.parts],
             "history": [h.to_dict() for h in self.history],
         }
 
+    def _part_dict(self, part: Part) -> dict[str, Any]:
+        d = part.to_dict()
+        if len(self.parts) == 1 and part.text == self.content:
+            del d["text"]  # the usual case: one part holding the whole text, stored once
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Outgoing:
+        parts = [Part.from_dict({"text": d["content"], **p}) for p in d.get("parts", [])]
         return cls(
             id=d["id"], to=d["to"], content=d["content"], state=OutState(d["state"]),
             created=from_iso(d["created"]), last_activity=from_iso(d["last_activity"]),  # type: ignore[arg-type]
             seq=d.get("seq", 0), retries=d.get("retries", 0), due=from_iso(d.get("due")),
-            reason=d.get("reason"), parts=[Part.from_dict(p) for p in d.get("parts", [])],
+            reason=d.get("reason"), parts=parts,
             history=[HistoryEntry.from_dict(h) for h in d.get("history", [])],
         )
 

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -165,6 +165,7 @@ class Unit:
         self._removed_out: set[int] = set()
         self._meta_dirty = False
         self._new_updates: list[dict[str, Any]] = []
+        self._queued_ids: set[str] | None = None
 
     def _register(self, doc: Document) -> Outgoing:
         msg = Outgoing.from_dict(doc)
@@ -193,6 +194,21 @@ class Unit:
         """Active outgoing messages in arrival order."""
         self._load_all()
         return sorted(self._parsed.values(), key=lambda m: m.seq)
+
+    def records(self, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Stored forms of the active outgoing messages that pass `keep`, in arrival order,
+        parsing none that are not already parsed (a long backlog costs little per unit)."""
+        records: dict[int, dict[str, Any]] = (
+            {} if self._complete else {d.doc_id: d for d in self.db.table("outgoing").all()})
+        for seq, msg in self._parsed.items():  # changes made in this unit win
+            records[seq] = msg.to_dict()
+        for seq in self._removed_out:
+            records.pop(seq, None)
+        return [records[seq] for seq in sorted(records) if keep(records[seq])]
+
+    def ids_where(self, keep: Callable[[dict[str, Any]], bool]) -> list[str]:
+        """Ids of the active outgoing messages whose stored form passes `keep`."""
+        return [r["id"] for r in self.records(keep)]
 
     def get(self, msg_id: str) -> Outgoing | None:
         if msg_id in self._by_id or self._complete:
@@ -234,6 +250,12 @@ class Unit:
         self.touch(msg)
 
     # updates --------------------------------------------------------------
+    def update_queued(self, msg_id: str) -> bool:
+        """Whether a status update for this message is waiting for a POST."""
+        if self._queued_ids is None:
+            self._queued_ids = {d["id"] for d in self.db.table("updates").all()}
+        return msg_id in self._queued_ids or any(n["id"] == msg_id for n in self._new_updates)
+
     def queue_update(self, msg_id: str, status: str, reason: str | None = None) -> None:
         if msg_id.startswith(LOCAL_PREFIX):
             return  # queued by `smsgw send`: the webapp never heard of it
@@ -420,7 +442,13 @@ class Store:
         return u.get(msg_id) is not None or self.archive.status_of(msg_id) is not None
 
     def _requeue_known(self, u: Unit, msg_id: str) -> None:
-        """A known id offered again: report its current status again, never send it again."""
+        """A known id offered again: report its current status again, never send it again.
+
+        Not when an update for it is already waiting to go: a webapp re-offers every
+        message on each POST until it sees a status, and each re-offer must not add one.
+        """
+        if u.update_queued(msg_id):
+            return
         msg = u.get(msg_id)
         if msg is not None:
             state = msg.state if msg.state in REPORTED_STATES else OutState.UNSENT
@@ -441,8 +469,9 @@ class Store:
     # housekeeping ---------------------------------------------------------
     def archive_finished(self, now: datetime) -> int:
         """Move finished outgoing and forwarded incoming records to the archive."""
+        finished = {s.value for s in FINISHED_STATES}
         with self.unit(now) as u:
-            done = [m for m in u.outgoing() if m.state in FINISHED_STATES]
+            done = [u.get(i) for i in u.ids_where(lambda d: d["state"] in finished)]
             forwarded = [d for d in u.db.table("incoming").all()
                          if d["state"] == InState.FORWARDED.value]
             if not done and not forwarded:
