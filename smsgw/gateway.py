@@ -338,16 +338,12 @@ class Gateway:
                 k: v for k, v in u.meta("used_rows", {}).items()
                 if datetime.fromisoformat(v[0]) >= since}
             consumed = Counter({k: v[1] for k, v in used.items()})
-            occurrence: list[int] = []
-            seen: Counter[str] = Counter()
-            for row in rows:
-                occurrence.append(seen[row.key])
-                seen[row.key] += 1
+            candidates = self._index_rows(rows)
             touched: dict[str, Outgoing] = {}
             parts = self._awaiting(u)
             parts.sort(key=lambda t: (t[2].handoff or now, t[0].seq, t[1]))
             for msg, _, part in parts:
-                index = self._match(msg, part, rows, occurrence, consumed)
+                index = self._match(msg, part, rows, candidates, consumed)
                 if index is None:
                     if part.handoff and now - part.handoff > timedelta(
                             seconds=self.settings.confirm_timeout):
@@ -377,16 +373,26 @@ class Gateway:
                 if p.state.value in _AWAITING_PARTS]
 
     @staticmethod
-    def _match(msg: Outgoing, part: Part, rows: list[SmsRow], occurrence: list[int],
+    def _index_rows(rows: list[SmsRow]) -> dict[tuple[str, str], list[tuple[int, int]]]:
+        """Rows by (number digits, trimmed body): (row index, occurrence of its key)."""
+        seen: Counter[str] = Counter()
+        index: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for i, row in enumerate(rows):
+            if row.kind in (SENT, FAILED):
+                key = (number_digits(row.address), java_trim(row.body))
+                index.setdefault(key, []).append((i, seen[row.key]))
+            seen[row.key] += 1
+        return index
+
+    @staticmethod
+    def _match(msg: Outgoing, part: Part, rows: list[SmsRow],
+               candidates: dict[tuple[str, str], list[tuple[int, int]]],
                consumed: Counter[str]) -> int | None:
         """Index of the oldest row not yet used that records this part's send."""
-        digits = number_digits(msg.to)
-        text = java_trim(part.text)
         earliest = (part.handoff or datetime.min) - ROW_SLACK
-        for i, row in enumerate(rows):
-            if (occurrence[i] >= consumed[row.key] and row.kind in (SENT, FAILED)
-                    and number_digits(row.address) == digits and java_trim(row.body) == text
-                    and row.date >= earliest):
+        for i, occurrence in candidates.get((number_digits(msg.to), java_trim(part.text)), ()):
+            row = rows[i]
+            if occurrence >= consumed[row.key] and row.date >= earliest:
                 return i
         return None
 

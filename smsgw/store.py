@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tinydb import TinyDB, where
+from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
 from tinydb.table import Document
@@ -155,6 +155,7 @@ class Unit:
         self._by_id: dict[str, Outgoing] = {}
         self._on_disk: set[int] = set()
         self._complete = False
+        self._raw_by_id: dict[str, Document] | None = None
         self._meta = dict(db.table("meta").get(doc_id=1) or {"version": STATE_VERSION})
         if self._meta.get("version", STATE_VERSION) > STATE_VERSION:
             raise StateError(
@@ -213,8 +214,10 @@ class Unit:
     def get(self, msg_id: str) -> Outgoing | None:
         if msg_id in self._by_id or self._complete:
             return self._by_id.get(msg_id)
-        docs = self.db.table("outgoing").search(where("id") == msg_id)
-        return self._register(docs[0]) if docs else None
+        if self._raw_by_id is None:
+            self._raw_by_id = {d["id"]: d for d in self.db.table("outgoing").all()}
+        doc = self._raw_by_id.get(msg_id)
+        return self._register(doc) if doc is not None else None
 
     def touch(self, msg: Outgoing) -> None:
         """Mark a message changed so it is saved."""
