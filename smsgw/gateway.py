@@ -74,6 +74,10 @@ _STOP = object()
 _AWAITING_PARTS = (PartState.SENDING.value, PartState.PENDING.value)
 
 
+def _has_awaiting_part(record: dict[str, Any]) -> bool:
+    return any(p["state"] in _AWAITING_PARTS for p in record["parts"])
+
+
 @dataclass
 class _Handoff:
     """One message's sends in flight: what to send and what happened."""
@@ -314,11 +318,13 @@ class Gateway:
         """Learn SENT or failed tries from the phone's rows; give up on unknown outcomes."""
         now = self.clock()
         with self.store.unit(now) as u:
-            waiting = self._awaiting(u)
-        report.awaiting = len({m.id for m, _, _ in waiting})
+            waiting = u.records(_has_awaiting_part)
+        report.awaiting = len(waiting)
         if not waiting:
             return
-        since = min(p.handoff or now for _, _, p in waiting) - ROW_SLACK
+        handoffs = [p.get("handoff") or to_iso(now) for r in waiting for p in r["parts"]
+                    if p["state"] in _AWAITING_PARTS]
+        since = datetime.fromisoformat(min(handoffs)) - ROW_SLACK
         try:
             rows = sorted(self.phone.read_outgoing(since),
                           key=lambda r: (r.date, r.row_id or 0))
@@ -359,7 +365,8 @@ class Gateway:
                 part.row = row.key
                 part.state = PartState.SENT if row.kind == SENT else PartState.FAILED
                 touched[msg.id] = msg
-            u.set_meta("used_rows", used)
+            if used != u.meta("used_rows", {}):
+                u.set_meta("used_rows", used)
             for msg in touched.values():
                 u.touch(msg)  # part changes are saved even when the message waits
                 self._settle(u, msg, cause or DEFAULT_CAUSE, report)
@@ -367,7 +374,7 @@ class Gateway:
     @staticmethod
     def _awaiting(u: Unit) -> list[tuple[Outgoing, int, Part]]:
         """Parts handed over (or maybe handed over) whose outcome the phone has not shown."""
-        ids = u.ids_where(lambda d: any(p["state"] in _AWAITING_PARTS for p in d["parts"]))
+        ids = u.ids_where(_has_awaiting_part)
         msgs = [m for m in (u.get(i) for i in ids) if m is not None]
         return [(m, i, p) for m in msgs for i, p in enumerate(m.parts)
                 if p.state.value in _AWAITING_PARTS]

@@ -407,10 +407,33 @@ class Store:
             if batch.update_ids:
                 u.db.table("updates").remove(doc_ids=batch.update_ids)
             self._accept(u, offered, result)
-            u.set_meta("last_exchange_ok", to_iso(now))
-            u.set_meta("webapp_failures", 0)
+            if u.meta("webapp_failures", 0):
+                u.set_meta("webapp_failures", 0)
             result.remaining = u.queued_for_webapp()
+        self._heartbeat(now)
         return result
+
+    def _heartbeat(self, now: datetime) -> None:
+        """Record the last successful exchange in a small side file.
+
+        Not in state.json: an idle cycle then writes a few bytes, not the whole state, and
+        losing this line in a power cut costs nothing but a stale time in `smsgw status`.
+        """
+        path = self.folder / "exchange.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"last_exchange_ok": to_iso(now)}), encoding="utf-8")
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("cannot record the last exchange time: %s", exc)
+
+    def last_exchange_ok(self) -> str | None:
+        try:
+            data = json.loads((self.folder / "exchange.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data.get("last_exchange_ok") if isinstance(data, dict) else None
 
     def _accept(self, u: Unit, offered: list[tuple[Offered, str | None]],
                 result: AcceptResult) -> None:
@@ -561,7 +584,7 @@ class Store:
                     {"id": waiting[0].id, "to": waiting[0].to,
                      "since": to_iso(waiting[0].created)} if waiting else None),
                 "next_retry": to_iso(min(retries)) if retries else None,
-                "last_exchange_ok": u.meta("last_exchange_ok"),
+                "last_exchange_ok": self.last_exchange_ok(),
                 "last_error": u.meta("last_error"),
                 "webapp_failures": u.meta("webapp_failures", 0),
                 "last_failures": u.meta("last_failures", []),
