@@ -9,8 +9,9 @@ import logging
 import os
 import select
 import signal
+import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .config import Paths, atomic_write_text
@@ -207,10 +208,16 @@ class Daemon:
             return None
 
     def _cycle_job(self) -> Any:
+        started = time.monotonic()
         report = self._guard(self.gateway.cycle)
         self.last_report = report
         self.cycles += 1
-        self._plan(self._next_delay(report))
+        # The interval runs from the start of a cycle, so an SMS waits at most one interval
+        # (plus the cycle that picks it up), however long the phone took to answer.
+        delay = self._next_delay(report)
+        if delay > 0:
+            delay = max(0.5, delay - (time.monotonic() - started))
+        self._plan(delay)
         import schedule
 
         return schedule.CancelJob
@@ -219,9 +226,9 @@ class Daemon:
         """Replace the cycle job by one due in `delay` seconds."""
         if self._job is not None:
             self.scheduler.cancel_job(self._job)
-        self._job = self.scheduler.every(max(delay, 1)).seconds.do(self._cycle_job)
-        if delay <= 0:
-            self._job.next_run = datetime.now()  # schedule keeps naive local times
+        self._job = self.scheduler.every(max(1, round(delay))).seconds.do(self._cycle_job)
+        # schedule counts whole seconds from now: set the exact time (naive local, as it keeps).
+        self._job.next_run = datetime.now() + timedelta(seconds=max(0.0, delay))
 
     def _next_delay(self, report: CycleReport | None) -> float:
         """When to cycle next: at once while work remains, later while the webapp fails."""
