@@ -309,6 +309,8 @@ class Store:
     def _check_readable(self) -> None:
         """Refuse at start-up a state file that cannot be loaded; create a missing one."""
         with self._locked():
+            for tmp in self.folder.glob(".state.json.*.tmp"):  # left by a crash mid-write
+                tmp.unlink(missing_ok=True)
             storage = AtomicJSONStorage(str(self.path))
             data = storage.read()
             if data is None:
@@ -643,9 +645,17 @@ class Archive:
                        separators=(",", ":")) + "\n"
             for kind, rec in records
         )
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        data = lines.encode("utf-8")
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, lines.encode("utf-8"))
+            # A crash mid-append leaves a cut last line: end it, so the cut costs only
+            # itself and never glues onto (and hides) the first record written now.
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         except OSError as exc:
             raise StateError(f"cannot write the archive {path}: {exc.strerror}") from None
