@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import logging
 import os
 import re
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit, urlunsplit
 
 from .errors import UserError
+
+logger = logging.getLogger(__name__)
 
 APP_NAME = "smsgw"
 FORBIDDEN_PASSWORD_CHARS = "#/?@"
@@ -97,9 +102,16 @@ def default_paths(env: dict[str, str] | None = None) -> Paths:
 
 
 def make_private_dir(folder: Path) -> None:
-    """mkdir -p with mode 0700 on what we create."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)
+    """mkdir -p with mode 0700, and make an existing folder 0700 where that is allowed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {folder}: {exc.strerror}") from None
+    if stat.S_IMODE(folder.stat().st_mode) != 0o700:
+        try:
+            os.chmod(folder, 0o700)
+        except OSError as exc:  # e.g. a read-only mount: reading still works
+            logger.warning("cannot make %s private: %s", folder, exc.strerror)
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
@@ -162,7 +174,14 @@ def save_settings(paths: Paths, settings: Settings) -> None:
 def validate_url(url: str) -> str:
     """Check a webapp URL: http(s), a host, and a password the protocol allows."""
     url = url.strip()
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise UserError("the URL contains spaces or control characters; percent-encode them")
     _refuse_hidden_password(url)
+    if _USER_CUT.match(url):
+        raise UserError(
+            "the user name of the URL must not contain '/', '?' or '#': they end the host "
+            "name early, and the password would travel in the path"
+        )
     try:
         parts = urlsplit(url)
         _ = parts.port
@@ -172,6 +191,8 @@ def validate_url(url: str) -> str:
         raise UserError("the URL must start with http:// or https://")
     if not parts.hostname:
         raise UserError("the URL has no host name")
+    if not re.fullmatch(r"[\w.-]+|[0-9a-f:.]+", parts.hostname):
+        raise UserError(f"not a valid host name: {parts.hostname!r}")
     if parts.password is not None:
         password = unquote(parts.password)
         for ch in password:
@@ -185,6 +206,8 @@ def validate_url(url: str) -> str:
     return url
 
 
+_USER_CUT = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^@/?#]*[/?#][^@]*:[^@]*@[^@/?#]+(?:[/?#].*)?$",
+                       re.S)
 _USERINFO = re.compile(
     r"^[A-Za-z][A-Za-z0-9+.-]*://([^@/?#:]*):(.*?)@([^@/?#]+)(?:[/?#].*)?$", re.S
 )
@@ -231,7 +254,9 @@ def redact_url(url: str | None) -> str | None:
         return None
     try:
         parts = urlsplit(url)
-        host = parts.hostname or ""
+        if not parts.hostname:
+            return "<invalid URL>"
+        host = parts.hostname
         if ":" in host:
             host = f"[{host}]"
         if parts.port is not None:
@@ -242,7 +267,14 @@ def redact_url(url: str | None) -> str | None:
         user = parts.username + (":***" if parts.password is not None else "")
         host = f"{user}@{host}"
     query = re.sub(r"=([^&]*)", "=***", parts.query)
-    return urlunsplit(SplitResult(parts.scheme, host, parts.path, query, ""))
+    shown = urlunsplit(SplitResult(parts.scheme, host, parts.path, query, ""))
+    try:  # a mangled URL could re-parse with part of its password as the host
+        again = urlsplit(shown)
+        if again.password not in (None, "***") or again.hostname != parts.hostname:
+            return "<invalid URL>"
+    except ValueError:
+        return "<invalid URL>"
+    return shown
 
 
 def url_secrets(url: str | None) -> list[str]:
@@ -255,12 +287,17 @@ def url_secrets(url: str | None) -> list[str]:
     except ValueError:
         return [url]
     if parts.password:
-        secrets += [parts.password, unquote(parts.password)]
+        password = unquote(parts.password)
+        secrets += [parts.password, password]
+        # A webapp error page may echo the Authorization header it was sent.
+        pair = f"{unquote(parts.username or '')}:{password}"
+        with contextlib.suppress(UnicodeEncodeError):
+            secrets.append(base64.b64encode(pair.encode("latin-1")).decode("ascii"))
     for pair in parts.query.split("&"):
         if "=" in pair:
             value = pair.split("=", 1)[1]
             if value:
-                secrets += [value, unquote(value)]
+                secrets += [value, unquote(value), unquote_plus(value)]
     return sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .config import Paths, atomic_write_text
-from .errors import ExitCode, UserError
+from .errors import ExitCode, StateError, UserError
 from .models import to_iso, utcnow
 
 if TYPE_CHECKING:  # only a running daemon needs these, not `smsgw status` or `smsgw hook`
@@ -42,7 +42,10 @@ class DaemonLock:
         self._fd: int | None = None
 
     def acquire(self, info: dict[str, Any]) -> None:
-        fd = os.open(self.paths.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.paths.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot write in {self.paths.data_dir}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,7 +56,11 @@ class DaemonLock:
                 "stop it first, or use another SMSGW_HOME"
             ) from None
         self._fd = fd
-        atomic_write_text(self.paths.pid_file, json.dumps(info) + "\n")
+        try:
+            atomic_write_text(self.paths.pid_file, json.dumps(info) + "\n")
+        except OSError as exc:
+            self.release()
+            raise StateError(f"cannot write {self.paths.pid_file}: {exc.strerror}") from None
 
     def release(self) -> None:
         if self._fd is not None:

@@ -13,6 +13,7 @@ everything done in one unit lands together or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -324,7 +325,15 @@ class Store:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self.folder / "state.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.folder / "state.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            try:  # a read-only folder: reading still works, and flock needs no write access
+                fd = os.open(lock if lock.exists() else self.folder, os.O_RDONLY)
+            except OSError as exc:
+                raise StateError(f"cannot use the state folder {self.folder}: "
+                                 f"{exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -646,7 +655,11 @@ class Archive:
             for kind, rec in records
         )
         data = lines.encode("utf-8")
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot write the archive {path}: {exc.strerror}") from None
+        size = 0
         try:
             # A crash mid-append leaves a cut last line: end it, so the cut costs only
             # itself and never glues onto (and hides) the first record written now.
@@ -658,6 +671,8 @@ class Archive:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
         except OSError as exc:
+            with contextlib.suppress(OSError):  # leave no partial line behind
+                os.ftruncate(fd, size)
             raise StateError(f"cannot write the archive {path}: {exc.strerror}") from None
         finally:
             os.close(fd)
