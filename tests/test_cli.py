@@ -8,93 +8,32 @@ with signals, as runit, Termux:Tasker and a person do.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from runner import SmsgwRunner, wait_for
 
 from smsgw.cli import cli
 from smsgw.errors import ExitCode
 from smsgw.testserver import ReferenceWebapp
 
-REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "S3cretPassw0rd"
 QUERY_SECRET = "QuerySecret123"
 SECRETS = (PASSWORD, QUERY_SECRET)
-TIMEOUT = 60  # seconds: only to prove a command did not hang forever
 
 
 # helpers -----------------------------------------------------------------------------------
-class Smsgw:
+class Smsgw(SmsgwRunner):
     """Runs `smsgw` in a subprocess with an isolated SMSGW_HOME and HOME."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.home = tmp / "smsgw-home"
-        self.user_home = tmp / "user-home"
-        self.user_home.mkdir()
-        # No proxy: the webapps here are on 127.0.0.1.
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SMSGW_", "XDG_")) and k != "PYTHONPATH"
-               and not k.lower().endswith("_proxy")}
-        env.update(SMSGW_HOME=str(self.home), HOME=str(self.user_home),
-                   PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", NO_PROXY="127.0.0.1,localhost")
-        self.env = env
-
-    @property
-    def argv(self) -> list[str]:
-        return [sys.executable, "-c", "from smsgw.cli import main; main()"]
-
-    @property
-    def config_file(self) -> Path:
-        return self.home / "config.json"
-
-    @property
-    def state_file(self) -> Path:
-        return self.home / "state" / "state.json"
-
-    @property
-    def log_file(self) -> Path:
-        return self.home / "smsgw.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.home / "daemon.pid"
-
-    def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(self.env)
-        env.update(extra or {})
-        return env
-
-    def __call__(self, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv + list(args), cwd=REPO, env=self.environ(env),
-                              capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-
-    def popen(self, *args: str, out: Path) -> subprocess.Popen[bytes]:
-        fh = open(out, "wb")  # noqa: SIM115 - closed by the caller through the Popen
-        try:
-            return subprocess.Popen(self.argv + list(args), cwd=REPO, env=self.environ(),
-                                    stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-        finally:
-            fh.close()
-
-    def status_json(self) -> tuple[int, dict[str, Any]]:
-        proc = self("status", "--json")
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc.returncode, json.loads(proc.stdout)
 
     def saved(self) -> dict[str, Any]:
         return json.loads(self.config_file.read_text(encoding="utf-8"))
@@ -113,18 +52,6 @@ def assert_no_secret(*texts: str) -> None:
     for text in texts:
         for secret in SECRETS:
             assert secret not in text, f"{secret!r} leaked in:\n{text}"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll until `predicate()` is truthy; fail after `timeout` seconds (a hang guard)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def free_port() -> int:

@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes import FakeTermux
+from runner import REPO, TIMEOUT, SmsgwRunner, clean_environ, wait_for
 
 from smsgw.config import default_paths
 from smsgw.errors import ExitCode
@@ -30,58 +31,21 @@ from smsgw.testserver import ReferenceWebapp
 
 pytest_plugins = ["fakes.fixtures"]
 
-REPO = Path(__file__).resolve().parent.parent
 TERMUX_DIR = REPO / "termux"
 PASSWORD = "Pa55word"
-TIMEOUT = 60  # seconds: only to prove that something did not hang forever
 PERMISSION_WORDS = "Please grant the following permission"
 
 
 # helpers -----------------------------------------------------------------------------------
-def clean_environ() -> dict[str, str]:
-    """os.environ without smsgw's, XDG's and proxy variables (the webapp is on 127.0.0.1)."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("SMSGW_", "XDG_")) and k not in ("PYTHONPATH", "PREFIX")
-            and not k.lower().endswith("_proxy")}
-
-
-class Smsgw:
+class Smsgw(SmsgwRunner):
     """`smsgw` in a subprocess, with its own SMSGW_HOME, HOME and PREFIX, over the fakes."""
 
     def __init__(self, tmp: Path, fake: FakeTermux) -> None:
         self.fake = fake
-        self.home = tmp / "smsgw-home"
-        self.user_home = tmp / "user-home"
-        self.user_home.mkdir()
         self.prefix = tmp / "usr"  # a Termux $PREFIX with nothing installed in it
-        env = clean_environ()
-        env.update({k: v for k, v in fake.env.items() if k in ("PATH", "FAKE_TERMUX_DIR")})
-        env.update(SMSGW_HOME=str(self.home), HOME=str(self.user_home), PREFIX=str(self.prefix),
-                   PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", NO_PROXY="127.0.0.1,localhost")
-        self.env = env
-
-    @property
-    def argv(self) -> list[str]:
-        return [sys.executable, "-c", "from smsgw.cli import main; main()"]
-
-    @property
-    def log_file(self) -> Path:
-        return self.home / "smsgw.log"
-
-    def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {**self.env, **(extra or {})}
-
-    def __call__(self, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv + list(args), cwd=REPO, env=self.environ(env),
-                              capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-
-    def popen(self, *args: str, out: Path) -> subprocess.Popen[bytes]:
-        with open(out, "wb") as fh:
-            return subprocess.Popen(self.argv + list(args), cwd=REPO, env=self.environ(),
-                                    stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+        super().__init__(tmp, {**{k: v for k, v in fake.env.items()
+                                  if k in ("PATH", "FAKE_TERMUX_DIR")},
+                               "PREFIX": str(self.prefix)})
 
     def fake_termux(self, *args: str) -> str:
         """Drive the fake phone through its command line, as a person at a shell would."""
@@ -89,10 +53,6 @@ class Smsgw:
                               text=True, timeout=TIMEOUT, check=True)
         return proc.stdout
 
-    def messages(self) -> dict[str, Any]:
-        proc = self("messages", "--json", "--limit", "1000")
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)
 
     def configure(self, url: str) -> None:
         proc = self("config", "--url", url)
@@ -116,18 +76,6 @@ class Smsgw:
         text = out.read_text(encoding="utf-8", errors="replace")
         assert code == 0, text
         assert "Traceback" not in text, text
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll until `predicate()` is truthy; fail after `timeout` seconds (a hang guard)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def posts(webapp: ReferenceWebapp) -> int:
