@@ -223,7 +223,10 @@ class Daemon:
         # (plus the cycle that picks it up), however long the phone took to answer.
         delay = self._next_delay(report)
         if delay > 0:
-            delay = max(0.5, delay - (time.monotonic() - started))
+            # Start a little early so the work of the next cycle (an inbox call, a POST)
+            # also fits within the interval.
+            margin = min(1.0, 0.05 * delay)
+            delay = max(0.5, delay - (time.monotonic() - started) - margin)
         self._plan(delay)
         import schedule
 
