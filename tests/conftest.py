@@ -58,3 +58,18 @@ def make_webapp() -> Iterator[Callable[..., ReferenceWebapp]]:
     yield make
     for app in apps:
         app.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Show the figures the reliability tests print, even when output is captured."""
+    lines: list[str] = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "nodeid", "").startswith("tests/reliability/"):
+                text = getattr(report, "capstdout", "").strip()
+                if text:
+                    lines.append(text)
+    if lines:
+        terminalreporter.section("reliability figures")
+        for text in lines:
+            terminalreporter.write_line(text)
