@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings, redact_url
-from .errors import Error, PhoneError
+from .errors import Error
 from .phone import termux
 
 ANDROID_DEFAULT_LIMIT = 30  # SMS parts per 60 s (SmsUsageMonitor)
@@ -81,10 +81,9 @@ def check_service() -> Check:
 
 
 def check_wake_lock(timeout: float) -> Check:
-    try:
-        termux.run_command(("termux-wake-lock",), timeout=timeout)
-    except PhoneError as exc:
-        return Check("wake lock", False, str(exc),
+    problem = termux.wake_lock(timeout)
+    if problem:
+        return Check("wake lock", False, problem,
                      "open Termux:API once; allow Termux to ignore battery optimisation")
     return Check("wake lock", True, "termux-wake-lock acquired (the boot script takes it too)")
 

@@ -29,11 +29,6 @@ def from_iso(text: str | None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
-def epoch_ms(dt: datetime) -> int:
-    """Milliseconds since the epoch, as the protocol's sms_sent / sms_received."""
-    return int(dt.timestamp() * 1000)
-
-
 class OutState(str, Enum):
     """States of a message from the webapp. Only what is known: never SENT on exit 0."""
 
@@ -49,7 +44,6 @@ REPORTED_STATES = frozenset(
     {OutState.UNSENT, OutState.PENDING, OutState.SENT, OutState.DELIVERED, OutState.FAILED}
 )
 FINISHED_STATES = frozenset({OutState.SENT, OutState.DELIVERED, OutState.FAILED})
-AWAITING_STATES = frozenset({OutState.SENDING, OutState.PENDING})
 
 
 class PartState(str, Enum):

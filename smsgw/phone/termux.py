@@ -164,12 +164,15 @@ def sms_permission_problem(timeout: float = 10.0) -> str | None:
     return None
 
 
-def wake_lock(timeout: float = 10.0) -> None:
-    """Ask Termux to keep the CPU awake (`termux-wake-lock`); failures are only logged."""
+def wake_lock(timeout: float = 10.0) -> str | None:
+    """Ask Termux to keep the CPU awake (`termux-wake-lock`). Never raises: returns what
+    went wrong, or None."""
     try:
         run_command((WAKE_LOCK,), timeout=timeout)
     except PhoneError as exc:
         logger.warning("termux-wake-lock failed: %s", exc)
+        return str(exc)
+    return None
 
 
 def android_setting(name: str, timeout: float = 10.0) -> str | None:
