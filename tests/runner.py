@@ -5,12 +5,14 @@ Shared by the CLI and Termux integration tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,25 @@ class SmsgwRunner:
             return subprocess.Popen(self.argv + list(args), cwd=REPO, env=self.environ(),
                                     stdout=fh, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
+
+    @contextlib.contextmanager
+    def daemon(self, *args: str, out: Path) -> Iterator[subprocess.Popen[bytes]]:
+        """`smsgw run ARGS` in the background; stopped with SIGTERM (it must exit 0)."""
+        proc = self.popen("run", *args, out=out)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                pytest.fail("the daemon did not stop within 30 s of SIGTERM")
+        text = out.read_text(encoding="utf-8", errors="replace")
+        assert code == 0, text
+        assert "Traceback" not in text, text
 
     def status_json(self) -> tuple[int, dict[str, Any]]:
         proc = self("status", "--json")

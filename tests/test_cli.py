@@ -8,7 +8,6 @@ with signals, as runit, Termux:Tasker and a person do.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import stat
 import subprocess
@@ -558,8 +557,7 @@ def test_daemon_lifecycle(smsgw: Smsgw, webapp: ReferenceWebapp, url: str,
                           tmp_path: Path) -> None:
     assert smsgw("config", "--url", url).returncode == 0
     daemon_out = tmp_path / "daemon.out"
-    daemon = smsgw.popen("run", "--phone", "simulated", "--interval", "60", out=daemon_out)
-    try:
+    with smsgw.daemon("--phone", "simulated", "--interval", "60", out=daemon_out) as daemon:
         def first_cycle_done() -> dict[str, Any] | None:
             assert daemon.poll() is None, daemon_out.read_text(errors="replace")
             _, data = smsgw.status_json()
@@ -621,18 +619,7 @@ def test_daemon_lifecycle(smsgw: Smsgw, webapp: ReferenceWebapp, url: str,
         queued = smsgw("send", "+15551234567", "hello from the test")
         assert queued.returncode == 0
         assert "no daemon is running" not in queued.stderr
-    finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-        try:
-            code = daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-            pytest.fail("the daemon did not stop within 20 s of SIGTERM")
     out = daemon_out.read_text(encoding="utf-8", errors="replace")
-    assert code == 0, out
-    assert "Traceback" not in out
     assert_no_secret(out, smsgw.log_file.read_text(encoding="utf-8"))
     assert not smsgw.pid_file.exists()
 

@@ -8,11 +8,9 @@ webapp on 127.0.0.1. The Termux scripts in termux/ run under `sh`/`dash` with fa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -58,24 +56,6 @@ class Smsgw(SmsgwRunner):
         proc = self("config", "--url", url)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    @contextlib.contextmanager
-    def daemon(self, *args: str, out: Path) -> Iterator[subprocess.Popen[bytes]]:
-        """`smsgw run ARGS` in the background; stopped with SIGTERM (it must exit 0)."""
-        proc = self.popen("run", *args, out=out)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                pytest.fail("the daemon did not stop within 30 s of SIGTERM")
-        text = out.read_text(encoding="utf-8", errors="replace")
-        assert code == 0, text
-        assert "Traceback" not in text, text
 
 
 def posts(webapp: ReferenceWebapp) -> int:
