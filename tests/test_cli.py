@@ -12,7 +12,7 @@ import socket
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -71,14 +71,9 @@ def smsgw(tmp_path: Path) -> Smsgw:
 
 
 @pytest.fixture
-def webapp() -> Iterator[ReferenceWebapp]:
+def webapp(make_webapp: Callable[..., ReferenceWebapp]) -> ReferenceWebapp:
     """The reference webapp with Basic auth, on 127.0.0.1."""
-    app = ReferenceWebapp(username="smsgw", password=PASSWORD)
-    app.start()
-    try:
-        yield app
-    finally:
-        app.stop()
+    return make_webapp(username="smsgw", password=PASSWORD)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +111,8 @@ def smsgw(tmp_path: Path, fake_termux: FakeTermux) -> Smsgw:
 
 
 @pytest.fixture
-def webapp() -> Iterator[ReferenceWebapp]:
-    app = ReferenceWebapp(username="smsgw", password=PASSWORD)
-    app.start()
-    try:
-        yield app
-    finally:
-        app.stop()
+def webapp(make_webapp: Callable[..., ReferenceWebapp]) -> ReferenceWebapp:
+    return make_webapp(username="smsgw", password=PASSWORD)
 
 
 # the whole flow ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import ssl
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +121,8 @@ def smsgw(tmp_path: Path, fake: FakeTermux) -> Smsgw:
 
 
 @pytest.fixture
-def webapp() -> Iterator[ReferenceWebapp]:
-    app = ReferenceWebapp(username=USER, password=PASSWORD)
-    app.start()
-    try:
-        yield app
-    finally:
-        app.stop()
+def webapp(make_webapp: Callable[..., ReferenceWebapp]) -> ReferenceWebapp:
+    return make_webapp(username=USER, password=PASSWORD)
 
 
 @pytest.fixture
