@@ -147,13 +147,21 @@ def _duration_or_off(value: str | None) -> int | None | str:
 @click.option("--confirm-timeout", help="How long to wait for the phone's record of a send.")
 @click.option("--notification-watch/--no-notification-watch", default=None,
               help="Cycle at once when a messaging app posts a notification.")
+@click.option("--forward-since", metavar="WHEN",
+              help="Forward incoming SMS received from WHEN on: 'now', or a local date and "
+                   "time such as 2026-11-30T08:00 (default: when the URL was first set).")
 @pass_ctx
 def config(c: Ctx, url: str | None, no_check: bool, interval: int | None, cdma: bool | None,
            cdma_prefix: bool | None, sim_slot: str | None, max_per_minute: int | None,
            ttl: str | None, compress_requests: bool | None, ca_bundle: str | None,
-           confirm_timeout: str | None, notification_watch: bool | None) -> None:
+           confirm_timeout: str | None, notification_watch: bool | None,
+           forward_since: str | None) -> None:
     """Set or show the settings. With no option, print them (password as ***)."""
-    from .config import parse_duration, save_settings, validate_url
+    from .config import parse_duration, parse_when, save_settings, validate_url
+    from .models import to_iso, utcnow
+
+    now = utcnow()
+    since = parse_when(forward_since, now) if forward_since is not None else None
 
     # The file's own settings: an SMSGW_URL override must never be written into it.
     s = load_settings(c.paths, env={})
@@ -204,6 +212,14 @@ def config(c: Ctx, url: str | None, no_check: bool, interval: int | None, cdma: 
     if changed:
         save_settings(c.paths, s)
         click.echo(f"saved to {c.paths.config_file}")
+    store = c.store()
+    if since is not None:
+        store.set_forward_since(since, now)
+        click.echo(f"incoming SMS received from {fmt_time(to_iso(since))} on will be forwarded")
+    elif url is not None and store.set_forward_since(now, now, keep=True):
+        click.echo("incoming SMS received from now on will be forwarded (the inbox from "
+                   "before stays private; see --forward-since)")
+    if changed:
         from .daemon import daemon_running
 
         if daemon_running(c.paths):
@@ -211,6 +227,8 @@ def config(c: Ctx, url: str | None, no_check: bool, interval: int | None, cdma: 
                        "smsgw run)")
     shown = s.to_dict()
     shown["url"] = redact_url(s.url)
+    start = store.forward_since(now)
+    shown["forward_since"] = fmt_time(to_iso(start)) if start else None
     if os.environ.get("SMSGW_URL"):
         shown["url"] = f"{redact_url(c.settings.url)} (from SMSGW_URL)"
     width = max(len(k) for k in shown)
@@ -379,11 +397,12 @@ def send(c: Ctx, number: str, text: str) -> None:
     """Queue a local test SMS through the same path as webapp messages."""
     from .daemon import wake
     from .models import utcnow
-    from .phone.base import normalize_number
+    from .phone.base import java_trim, normalize_number
 
     number = normalize_number(number)
-    if not text.strip():
-        raise UserError("the text is empty")
+    if not java_trim(text):
+        raise UserError("the text is empty (Termux:API trims spaces and control characters, "
+                        "and sends nothing for an empty text)")
     msg = c.store().add_local(number, text, utcnow())
     click.echo(f"queued {msg.id} to {number}")
     if wake(c.paths) is None:
@@ -516,11 +535,25 @@ def demo(verbose: bool) -> None:
 @click.option("--port", default=8585, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--user", help="Require Basic auth with this user.")
 @click.option("--password", help="... and this password.")
-def testserver(host: str, port: int, user: str | None, password: str | None) -> None:
-    """Serve the reference webapp (server side of the protocol) for trials and tests."""
+@click.option("--flavour", type=click.Choice(["reference", "cht", "php"]), default="reference",
+              show_default=True,
+              help="Behave like cht-core's gateway API (cht) or the multiOTP SMSGateway PHP "
+                   "class (php), unkind parts included; see `smsgw testserver --help`.")
+def testserver(host: str, port: int, user: str | None, password: str | None,
+               flavour: str) -> None:
+    """Serve the reference webapp (server side of the protocol) for trials and tests.
+
+    \b
+    Flavours:
+      reference  strict protocol checks; offers each message until it gets a status
+      cht        cht-core: exact Content-Type, 401/302 on bad auth, at most 25 messages
+                 an answer, statuses applied in order (a state can go backwards)
+      php        multiOTP SMSGateway: control characters raw in its JSON answers, each
+                 message handed over once, `{}` when nothing is queued
+    """
     from .testserver import serve
 
-    serve(host, port, username=user, password=password)
+    serve(host, port, username=user, password=password, flavour=flavour)
 
 
 # doctor --------------------------------------------------------------------------

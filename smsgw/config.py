@@ -11,6 +11,7 @@ import re
 import stat
 import tempfile
 from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit, urlunsplit
@@ -315,3 +316,20 @@ def parse_duration(text: str) -> int:
         raise UserError(f"not a duration: {text!r} (use e.g. 90s, 15m, 24h, 7d)")
     value, unit = int(m.group(1)), m.group(2) or "s"
     return value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def parse_when(text: str, now: datetime) -> datetime:
+    """'now', or an ISO 8601 date or date and time ('2026-11-30T08:00'), as aware UTC.
+
+    A time without a zone is the local time of this machine (on Termux: the phone's).
+    """
+    if text.strip().lower() == "now":
+        return now
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UserError(f"not a date and time: {text!r} (use e.g. 2026-11-30T08:00, "
+                        "2026-11-30, or now)") from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time
+    return when.astimezone(timezone.utc)

@@ -24,6 +24,11 @@ class Error(Exception):
     exit_code = ExitCode.ERROR
 
 
+class InternalError(Error):
+    """A bug in smsgw itself (an illegal state move, a broken invariant): never a webapp
+    or phone failure. Its traceback goes to the log; the user sees one line."""
+
+
 class UserError(Error):
     """Something the user can fix; the message says how."""
 

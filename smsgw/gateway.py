@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from . import retry, segment
 from .config import Settings
 from .errors import PhoneError, StateError, WebappError
-from .models import Clock, Offered, Outgoing, OutState, Part, PartState, to_iso, utcnow
+from .models import Clock, Offered, Outgoing, OutState, Part, PartState, Ref, to_iso, utcnow
 from .phone.base import (
     FAILED,
     SENT,
@@ -82,7 +82,7 @@ def _has_awaiting_part(record: dict[str, Any]) -> bool:
 class _Handoff:
     """One message's sends in flight: what to send and what happened."""
 
-    msg_id: str
+    ref: Ref
     number: str
     texts: list[tuple[int, str]]
     outcome: dict[int, PartState] = field(default_factory=dict)
@@ -92,12 +92,18 @@ class _Handoff:
 
 def invalid_reason(msg: Offered) -> str | None:
     """Why a webapp message cannot be sent, or None when it can."""
+    if msg.problem:
+        return msg.problem
     if not msg.id:
         return "missing id"
     if not msg.to:
         return "missing recipient (to)"
     if not msg.content:
         return "missing content"
+    if not java_trim(msg.content):
+        # Termux:API trims the text; an empty one makes the app throw and send nothing,
+        # with no row and exit 0: refuse it here, not 15 minutes later as "unknown".
+        return "empty content"
     try:
         normalize_number(msg.to)
     except InvalidNumber:
@@ -133,11 +139,9 @@ class Gateway:
     # 1. inbox -------------------------------------------------------------
     def read_inbox(self, report: CycleReport) -> None:
         now = self.clock()
-        with self.store.unit(now) as u:
-            position = u.meta("inbox_position")
-            had_error = u.meta("phone_error") is not None
+        position, start, had_error = self.store.inbox_state(now)
         try:
-            rows, new_position = self.phone.read_inbox(position)
+            rows, new_position = self.phone.read_inbox(position, since=start)
         except PhoneError as exc:
             self._phone_error(now, f"reading the inbox: {exc}")
             raise
@@ -198,15 +202,15 @@ class Gateway:
         with self.store.unit(now) as u:
             self._expire(u)
             due_before = to_iso(now)
-            due = u.ids_where(lambda d: d["state"] == OutState.UNSENT.value
+            due = u.refs_where(lambda d: d["state"] == OutState.UNSENT.value
                               and (d.get("due") is None or d["due"] <= due_before))
         done: _Handoff | None = None
-        for msg_id in due:
+        for ref in due:
             with self.store.unit(self.clock()) as u:
                 if done is not None:
                     self._finish(u, done, report)
                     done = None
-                job = self._begin(u, msg_id, report)
+                job = self._begin(u, ref, report)
             if job is None:
                 continue
             if job is _STOP:
@@ -225,9 +229,9 @@ class Gateway:
         if not ttl:
             return
         cutoff = to_iso(u.now - timedelta(seconds=ttl))
-        for msg_id in u.ids_where(lambda d: d["state"] == OutState.UNSENT.value
-                                  and d["created"] < cutoff):
-            msg = u.get(msg_id)
+        for ref in u.refs_where(lambda d: d["state"] == OutState.UNSENT.value
+                                and d["created"] < cutoff):
+            msg = u.get(ref)
             assert msg is not None
             u.transition(msg, OutState.FAILED, "expired")
             logger.warning("message %s to %s expired unsent after %ss", msg.id, msg.to, ttl)
@@ -237,10 +241,10 @@ class Gateway:
                < RATE_WINDOW]
         return self.settings.max_parts_per_minute - sum(e[1] for e in log), log
 
-    def _begin(self, u: Unit, msg_id: str, report: CycleReport) -> _Handoff | object | None:
+    def _begin(self, u: Unit, ref: Ref, report: CycleReport) -> _Handoff | object | None:
         """Record the intent to send (SENDING) durably, or say why not: None skips the
         message, _STOP ends sending for this cycle (rate budget spent)."""
-        msg = u.get(msg_id)
+        msg = u.get(ref)
         if msg is None or msg.state is not OutState.UNSENT:
             return None
         if not msg.parts:
@@ -260,7 +264,7 @@ class Gateway:
             msg.parts[i].handoff = u.now
         u.set_meta("send_log", log + [[to_iso(u.now), cost]])
         u.transition(msg, OutState.SENDING)
-        return _Handoff(msg.id, msg.to, [(i, msg.parts[i].text) for i in todo])
+        return _Handoff(msg.ref, msg.to, [(i, msg.parts[i].text) for i in todo])
 
     def _hand_over(self, job: _Handoff, report: CycleReport) -> None:
         """Run the sends (no lock held): one termux-sms-send per part, stop at an error."""
@@ -278,7 +282,7 @@ class Gateway:
 
     def _finish(self, u: Unit, job: _Handoff, report: CycleReport) -> None:
         """Record what the sends of one message did."""
-        msg = u.get(job.msg_id)
+        msg = u.get(job.ref)
         assert msg is not None
         error = job.error
         for i, _ in job.texts:  # parts after a failure were never attempted
@@ -374,7 +378,7 @@ class Gateway:
     @staticmethod
     def _awaiting(u: Unit) -> list[tuple[Outgoing, int, Part]]:
         """Parts handed over (or maybe handed over) whose outcome the phone has not shown."""
-        ids = u.ids_where(_has_awaiting_part)
+        ids = u.refs_where(_has_awaiting_part)
         msgs = [m for m in (u.get(i) for i in ids) if m is not None]
         return [(m, i, p) for m in msgs for i, p in enumerate(m.parts)
                 if p.state.value in _AWAITING_PARTS]

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
+
+from .errors import InternalError
 
 Clock = Callable[[], datetime]
 
@@ -45,15 +47,52 @@ REPORTED_STATES = frozenset(
 )
 FINISHED_STATES = frozenset({OutState.SENT, OutState.DELIVERED, OutState.FAILED})
 
+# The order of what the webapp hears within one attempt. cht-core applies statuses in the
+# order received and lets a message's state go backwards (a PENDING after a SENT makes it
+# "forwarded-by-gateway" again), so a status ranked below the last one reported is never
+# posted; only `smsgw retry` starts a new attempt, from UNSENT.
+REPORT_RANK = {OutState.UNSENT: 0, OutState.PENDING: 1, OutState.SENT: 2,
+               OutState.DELIVERED: 3, OutState.FAILED: 4}
+
 
 class PartState(str, Enum):
     """State of one SMS handed to termux-sms-send (the whole text, or one CDMA part)."""
 
     UNSENT = "unsent"
-    SENDING = "sending"
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"
+    SENDING = "sending"  # intent recorded; termux-sms-send may be running or may have run
+    PENDING = "pending"  # handed over without error
+    SENT = "sent"  # a matching sent row
+    FAILED = "failed"  # a matching failed row, or refused before any send: try again
+    UNKNOWN = "unknown"  # no row within confirm_timeout: may or may not have gone out
+
+
+# The life cycle as data: the moves each state may make. Unit.transition (messages) and
+# Part.move (parts) are the only code that changes a state, and both refuse any other move
+# with an InternalError, changing nothing. A new message starts UNSENT (Unit.create).
+OUT_MOVES: dict[OutState, frozenset[OutState]] = {
+    OutState.UNSENT: frozenset({OutState.SENDING, OutState.FAILED}),
+    OutState.SENDING: frozenset({OutState.PENDING, OutState.SENT, OutState.UNSENT,
+                                 OutState.FAILED}),
+    OutState.PENDING: frozenset({OutState.SENT, OutState.UNSENT, OutState.FAILED}),
+    OutState.SENT: frozenset(),
+    OutState.DELIVERED: frozenset(),
+    OutState.FAILED: frozenset({OutState.UNSENT}),  # only `smsgw retry`
+}
+PART_MOVES: dict[PartState, frozenset[PartState]] = {
+    PartState.UNSENT: frozenset({PartState.SENDING}),
+    PartState.SENDING: frozenset({PartState.PENDING, PartState.SENT, PartState.FAILED,
+                                  PartState.UNSENT, PartState.UNKNOWN}),
+    PartState.PENDING: frozenset({PartState.SENT, PartState.FAILED, PartState.UNKNOWN}),
+    PartState.SENT: frozenset(),
+    PartState.FAILED: frozenset({PartState.SENDING, PartState.UNSENT}),
+    PartState.UNKNOWN: frozenset({PartState.UNSENT}),  # only `smsgw retry`
+}
+
+
+def check_move(table: dict[Any, frozenset[Any]], old: Any, new: Any, what: str) -> None:
+    """Raise InternalError unless `table` allows old -> new."""
+    if new not in table[old]:
+        raise InternalError(f"illegal move of {what} from {old.value} to {new.value}")
 
 
 class InState(str, Enum):
@@ -61,6 +100,7 @@ class InState(str, Enum):
 
     WAITING = "WAITING"  # stored, not yet acknowledged by the webapp
     FORWARDED = "FORWARDED"  # a POST carrying it got a 2xx
+    SET_ASIDE = "SET_ASIDE"  # kept but never forwarded (`reason` says why)
 
 
 @dataclass
@@ -71,6 +111,12 @@ class Part:
     state: PartState = PartState.UNSENT
     handoff: datetime | None = None
     row: str | None = None
+
+    def move(self, state: PartState) -> None:
+        """Change the state as PART_MOVES allows (staying put is no move)."""
+        if state is not self.state:
+            check_move(PART_MOVES, self.state, state, "a part")
+            self.state = state
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "state": self.state.value,
@@ -98,6 +144,13 @@ class HistoryEntry:
         return cls(state=d["state"], at=from_iso(d["at"]), reason=d.get("reason"))  # type: ignore[arg-type]
 
 
+class Ref(NamedTuple):
+    """An outgoing message's identity: webapp ids and `smsgw send`'s ids never meet."""
+
+    id: str
+    local: bool = False
+
+
 @dataclass
 class Outgoing:
     """A message the webapp asked us to send ("webapp-originating")."""
@@ -114,15 +167,28 @@ class Outgoing:
     reason: str | None = None
     parts: list[Part] = field(default_factory=list)
     history: list[HistoryEntry] = field(default_factory=list)
+    # Queued by `smsgw send`: its own namespace, never reported. A flag, not an id prefix,
+    # because a webapp id is opaque and may be spelled any way ("local-1" included).
+    local: bool = False
+    reported: OutState | None = None  # the last status queued for the webapp this attempt
+
+    @property
+    def ref(self) -> Ref:
+        """The identity of this message in the store: its id within its namespace."""
+        return Ref(self.id, self.local)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "id": self.id, "to": self.to, "content": self.content, "state": self.state.value,
             "created": to_iso(self.created), "last_activity": to_iso(self.last_activity),
             "seq": self.seq, "retries": self.retries, "due": to_iso(self.due),
             "reason": self.reason, "parts": [self._part_dict(p) for p in self.parts],
             "history": [h.to_dict() for h in self.history],
+            "reported": self.reported.value if self.reported else None,
         }
+        if self.local:
+            d["local"] = True
+        return d
 
     def _part_dict(self, part: Part) -> dict[str, Any]:
         d = part.to_dict()
@@ -139,6 +205,8 @@ class Outgoing:
             seq=d.get("seq", 0), retries=d.get("retries", 0), due=from_iso(d.get("due")),
             reason=d.get("reason"), parts=parts,
             history=[HistoryEntry.from_dict(h) for h in d.get("history", [])],
+            local=d.get("local") is True,
+            reported=OutState(d["reported"]) if d.get("reported") else None,
         )
 
 
@@ -155,6 +223,7 @@ class Incoming:
     key: str  # the phone row's identity, for dedup
     stored: datetime
     forwarded: datetime | None = None
+    reason: str | None = None  # why it is set aside
 
     def to_protocol(self) -> dict[str, Any]:
         return {"id": self.id, "from": self.from_, "content": self.content,
@@ -173,6 +242,7 @@ class Incoming:
             id=d["id"], from_=d["from_"], content=d["content"], sms_sent=d["sms_sent"],
             sms_received=d["sms_received"], state=InState(d["state"]), key=d["key"],
             stored=from_iso(d["stored"]), forwarded=from_iso(d.get("forwarded")),  # type: ignore[arg-type]
+            reason=d.get("reason"),
         )
 
 
@@ -190,8 +260,12 @@ class Update:
 
 @dataclass
 class Offered:
-    """A message as the webapp offered it, before validation: fields may be missing or odd."""
+    """A message as the webapp offered it, before validation: fields may be missing or odd.
+
+    `problem` names the field of the wrong shape (e.g. "to is an array, not a string").
+    """
 
     id: str | None
     to: str | None
     content: str | None
+    problem: str | None = None

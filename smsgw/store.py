@@ -39,6 +39,7 @@ from .config import atomic_write_text, fsync_dir, make_private_dir
 from .errors import StateError
 from .models import (
     FINISHED_STATES,
+    REPORT_RANK,
     REPORTED_STATES,
     HistoryEntry,
     Incoming,
@@ -47,17 +48,19 @@ from .models import (
     Outgoing,
     OutState,
     PartState,
+    Ref,
     Update,
+    from_iso,
     to_iso,
 )
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: `local` flag on outgoing records, `reported` status
 RECENT_KEYS = 1000  # inbox row keys remembered beyond the read position, for dedup
 HISTORY_LIMIT = 50
 FAILURES_KEPT = 10
-LOCAL_PREFIX = "local-"
+LOCAL_PREFIX = "local-"  # for people reading ids; the `local` flag is what counts
 
 
 def _stat_key(path: Path) -> tuple[int, ...] | None:
@@ -123,6 +126,18 @@ class AtomicJSONStorage(Storage):
         pass
 
 
+def _migrate(data: dict[str, Any], version: int) -> dict[str, Any]:
+    """The state of an older format in today's, nothing dropped."""
+    data = json.loads(json.dumps(data))
+    if version < 2:
+        # Format 1 told `smsgw send`'s messages apart by their id prefix alone.
+        for doc in (data.get("outgoing") or {}).values():
+            if str(doc.get("id", "")).startswith(LOCAL_PREFIX):
+                doc["local"] = True
+    data.setdefault("meta", {}).setdefault("1", {})["version"] = STATE_VERSION
+    return data
+
+
 def _corrupt(path: Path, why: str) -> str:
     return (
         f"the state file {path} is damaged: {why}. It was left untouched; restore a backup, "
@@ -157,10 +172,10 @@ class Unit:
         self.now = now
         # Outgoing records are parsed on demand: a lookup by id parses one, a listing all.
         self._parsed: dict[int, Outgoing] = {}
-        self._by_id: dict[str, Outgoing] = {}
+        self._by_id: dict[Ref, Outgoing] = {}
         self._on_disk: set[int] = set()
         self._complete = False
-        self._raw_by_id: dict[str, Document] | None = None
+        self._raw_by_id: dict[Ref, Document] | None = None
         self._meta = dict(db.table("meta").get(doc_id=1) or {"version": STATE_VERSION})
         if self._meta.get("version", STATE_VERSION) > STATE_VERSION:
             raise StateError(
@@ -171,12 +186,13 @@ class Unit:
         self._removed_out: set[int] = set()
         self._meta_dirty = False
         self._new_updates: list[dict[str, Any]] = []
+        self._superseded: set[str] = set()  # ids whose queued update a newer one replaces
         self._queued_ids: set[str] | None = None
 
     def _register(self, doc: Document) -> Outgoing:
         msg = Outgoing.from_dict(doc)
         self._parsed[doc.doc_id] = msg
-        self._by_id[msg.id] = msg
+        self._by_id[msg.ref] = msg
         self._on_disk.add(doc.doc_id)
         return msg
 
@@ -212,17 +228,25 @@ class Unit:
             records.pop(seq, None)
         return [records[seq] for seq in sorted(records) if keep(records[seq])]
 
-    def ids_where(self, keep: Callable[[dict[str, Any]], bool]) -> list[str]:
-        """Ids of the active outgoing messages whose stored form passes `keep`."""
-        return [r["id"] for r in self.records(keep)]
+    def refs_where(self, keep: Callable[[dict[str, Any]], bool]) -> list[Ref]:
+        """Refs of the active outgoing messages whose stored form passes `keep`."""
+        return [Ref(r["id"], r.get("local") is True) for r in self.records(keep)]
 
-    def get(self, msg_id: str) -> Outgoing | None:
-        if msg_id in self._by_id or self._complete:
-            return self._by_id.get(msg_id)
+    def get(self, ref: Ref | str) -> Outgoing | None:
+        """The active message with this ref; a bare string is a webapp id."""
+        if isinstance(ref, str):
+            ref = Ref(ref)
+        if ref in self._by_id or self._complete:
+            return self._by_id.get(ref)
         if self._raw_by_id is None:
-            self._raw_by_id = {d["id"]: d for d in self.db.table("outgoing").all()}
-        doc = self._raw_by_id.get(msg_id)
+            self._raw_by_id = {Ref(d["id"], d.get("local") is True): d
+                               for d in self.db.table("outgoing").all()}
+        doc = self._raw_by_id.get(ref)
         return self._register(doc) if doc is not None else None
+
+    def lookup(self, msg_id: str) -> Outgoing | None:
+        """The active message a person names by id: a webapp one, else a local one."""
+        return self.get(Ref(msg_id)) or self.get(Ref(msg_id, local=True))
 
     def touch(self, msg: Outgoing) -> None:
         """Mark a message changed so it is saved."""
@@ -232,12 +256,12 @@ class Unit:
         msg.seq = int(self.meta("next_seq", 1))
         self.set_meta("next_seq", msg.seq + 1)
         self._parsed[msg.seq] = msg
-        self._by_id[msg.id] = msg
+        self._by_id[msg.ref] = msg
         self.touch(msg)
 
     def drop(self, msg: Outgoing) -> None:
         self._parsed.pop(msg.seq, None)
-        self._by_id.pop(msg.id, None)
+        self._by_id.pop(msg.ref, None)
         self._dirty_out.discard(msg.seq)
         if msg.seq in self._on_disk:
             self._removed_out.add(msg.seq)
@@ -249,8 +273,8 @@ class Unit:
         msg.last_activity = self.now
         msg.history.append(HistoryEntry(state.value, self.now, reason))
         del msg.history[:-HISTORY_LIMIT]
-        if state in REPORTED_STATES:
-            self.queue_update(msg.id, state.value, reason if state is OutState.FAILED else None)
+        if state in REPORTED_STATES and not msg.local:
+            self._report(msg, state, reason)
         if state is OutState.FAILED:
             failures = self.meta("last_failures", [])
             failures.append({"id": msg.id, "to": msg.to, "reason": reason, "at": to_iso(self.now)})
@@ -264,9 +288,22 @@ class Unit:
             self._queued_ids = {d["id"] for d in self.db.table("updates").all()}
         return msg_id in self._queued_ids or any(n["id"] == msg_id for n in self._new_updates)
 
+    def _report(self, msg: Outgoing, state: OutState, reason: str | None) -> None:
+        """Queue `state` for the webapp unless it would not move the message forward."""
+        last = msg.reported
+        if last is not None and REPORT_RANK[state] <= REPORT_RANK[last]:
+            if REPORT_RANK[state] < REPORT_RANK[last]:
+                logger.debug("message %s: %s not reported after %s", msg.id, state.value,
+                             last.value)
+            return
+        msg.reported = state
+        self.queue_update(msg.id, state.value, reason if state is OutState.FAILED else None)
+
     def queue_update(self, msg_id: str, status: str, reason: str | None = None) -> None:
-        if msg_id.startswith(LOCAL_PREFIX):
-            return  # queued by `smsgw send`: the webapp never heard of it
+        """Queue a status for a webapp id; it replaces one still queued for that id, so the
+        webapp never gets an older status after a newer one, in one POST or across POSTs."""
+        self._new_updates = [n for n in self._new_updates if n["id"] != msg_id]
+        self._superseded.add(msg_id)
         self._new_updates.append({"id": msg_id, "status": status, "reason": reason})
 
     def queued_for_webapp(self) -> int:
@@ -294,6 +331,11 @@ class Unit:
             fresh = self._dirty_out - existing
             if fresh:
                 out.insert_multiple(Document(self._parsed[s].to_dict(), doc_id=s) for s in fresh)
+        if self._superseded:
+            updates = self.db.table("updates")
+            stale = [d.doc_id for d in updates.all() if d["id"] in self._superseded]
+            if stale:
+                updates.remove(doc_ids=stale)
         if self._new_updates:
             self.db.table("updates").insert_multiple(self._new_updates)
         if self._meta_dirty:
@@ -322,10 +364,15 @@ class Store:
                 storage.write({"meta": {"1": {"version": STATE_VERSION}}})
             else:
                 meta = (data.get("meta") or {}).get("1") or {}
-                if int(meta.get("version", STATE_VERSION)) > STATE_VERSION:
+                version = int(meta.get("version", STATE_VERSION))
+                if version > STATE_VERSION:
                     raise StateError(
                         f"the state in {self.path} was written by a newer smsgw; upgrade smsgw"
                     )
+                if version < STATE_VERSION:
+                    storage.write(_migrate(data, version))
+                    logger.info("state file %s migrated from format %d to %d", self.path,
+                                version, STATE_VERSION)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -360,6 +407,42 @@ class Store:
                 raise
 
     # incoming -------------------------------------------------------------
+    def inbox_state(self, now: datetime) -> tuple[dict[str, Any] | None, datetime | None, bool]:
+        """Where the inbox was read up to, the time SMS are forwarded from, and whether a
+        phone error is recorded.
+
+        Before the first successful read the position is None and SMS are forwarded from
+        the start point: the time the gateway was configured, or else the first attempt
+        to read (recorded now, so SMS that arrive while that read fails are not lost).
+        """
+        with self.unit(now) as u:
+            position = u.meta("inbox_position")
+            start = from_iso(u.meta("forward_since"))
+            if position is None and start is None:
+                start = now
+                u.set_meta("forward_since", to_iso(now))
+            return position, start, u.meta("phone_error") is not None
+
+    def forward_since(self, now: datetime) -> datetime | None:
+        """The start point of forwarding (see `inbox_state`), None before any is set."""
+        with self.unit(now) as u:
+            return from_iso(u.meta("forward_since"))
+
+    def set_forward_since(self, when: datetime, now: datetime, *, keep: bool = False) -> bool:
+        """Forward SMS received from `when` on: the inbox is read again from there.
+
+        With `keep`, only set it when the gateway has no start point yet (first set-up).
+        SMS already stored are not forwarded twice: rows are checked against the keys of
+        the last RECENT_KEYS stored. Returns whether the start point changed.
+        """
+        with self.unit(now) as u:
+            if keep and (u.meta("forward_since") or u.meta("inbox_position") is not None):
+                return False
+            u.set_meta("forward_since", to_iso(when))
+            u.set_meta("inbox_position", None)
+        logger.info("forwarding incoming SMS received from %s on", to_iso(when))
+        return True
+
     def save_inbox(self, rows: Iterable[Any], position: dict[str, Any], now: datetime,
                    ) -> list[Incoming]:
         """Store new inbox rows with fresh UUIDs in the same write that moves the position."""
@@ -382,6 +465,14 @@ class Store:
                     sms_sent=0, sms_received=int(row.date.timestamp() * 1000),
                     state=InState.WAITING, key=row.key, stored=now,
                 )
+                if not row.address.strip():
+                    # cht-core drops an SMS without `from` (with a 200): it would be lost.
+                    msg.state, msg.reason = InState.SET_ASIDE, "no sender number"
+                    logger.warning("received SMS %s has no sender number: kept, not "
+                                   "forwarded", msg.id)
+                elif not row.body:
+                    logger.info("received SMS %s from %s is empty; forwarded (cht-core "
+                                "ignores empty SMS)", msg.id, row.address)
                 stored.append(msg)
             if stored:
                 table.insert_multiple(m.to_dict() for m in stored)
@@ -404,6 +495,18 @@ class Store:
             update_ids=[d.doc_id for d in ups],
         )
 
+    @staticmethod
+    def _drop_posted(u: Unit, batch: Batch) -> None:
+        """Remove the updates a POST carried, and only those: a doc id freed by a newer
+        status replacing one in flight may have been given to that newer status."""
+        posted = {doc_id: (up.id, up.status) for doc_id, up in zip(batch.update_ids, batch.updates,
+                                                                     strict=True)}
+        table = u.db.table("updates")
+        done = [d.doc_id for d in table.all()
+                if posted.get(d.doc_id) == (d["id"], d["status"])]
+        if done:
+            table.remove(doc_ids=done)
+
     def complete_exchange(self, batch: Batch, offered: list[tuple[Offered, str | None]],
                           now: datetime) -> AcceptResult:
         """After a 2xx: drop what the webapp acknowledged and store what it asked to send.
@@ -420,7 +523,7 @@ class Store:
                     lambda d: d["id"] in ids,
                 )
             if batch.update_ids:
-                u.db.table("updates").remove(doc_ids=batch.update_ids)
+                self._drop_posted(u, batch)
             self._accept(u, offered, result)
             if u.meta("webapp_failures", 0):
                 u.set_meta("webapp_failures", 0)
@@ -492,7 +595,10 @@ class Store:
             return
         msg = u.get(msg_id)
         if msg is not None:
-            state = msg.state if msg.state in REPORTED_STATES else OutState.UNSENT
+            # What the webapp last heard, never less: between tries a message is UNSENT or
+            # SENDING here while the webapp was already told PENDING.
+            state = msg.reported or (msg.state if msg.state in REPORTED_STATES
+                                     else OutState.UNSENT)
             u.queue_update(msg_id, state.value, msg.reason if state is OutState.FAILED else None)
         else:
             status, reason = self.archive.status_of(msg_id) or ("FAILED", None)
@@ -512,7 +618,7 @@ class Store:
         """Move finished outgoing and forwarded incoming records to the archive."""
         finished = {s.value for s in FINISHED_STATES}
         with self.unit(now) as u:
-            done = [u.get(i) for i in u.ids_where(lambda d: d["state"] in finished)]
+            done = [u.get(r) for r in u.refs_where(lambda d: d["state"] in finished)]
             forwarded = [d for d in u.db.table("incoming").all()
                          if d["state"] == InState.FORWARDED.value]
             if not done and not forwarded:
@@ -535,10 +641,10 @@ class Store:
         if record is None:
             return None
         with self.unit(now) as u:
-            if u.get(msg_id) is None:
-                msg = Outgoing.from_dict(record)
+            msg = Outgoing.from_dict(record)
+            if u.get(msg.ref) is None:
                 u.add(msg)
-            return u.get(msg_id)
+            return u.get(msg.ref)
 
 
     # commands -------------------------------------------------------------
@@ -546,7 +652,8 @@ class Store:
         """Queue a message from `smsgw send`; the webapp never hears of it."""
         with self.unit(now) as u:
             msg = Outgoing(id=f"{LOCAL_PREFIX}{uuid.uuid4()}", to=number, content=text,
-                           state=OutState.UNSENT, created=now, last_activity=now, due=now)
+                           state=OutState.UNSENT, created=now, last_activity=now, due=now,
+                           local=True)
             u.add(msg)
             u.transition(msg, OutState.UNSENT)
         logger.info("local message %s to %s queued", msg.id, number)
@@ -562,13 +669,14 @@ class Store:
                 result.not_found.append(msg_id)
         with self.unit(now) as u:
             targets = ([m for m in u.outgoing() if m.state is OutState.FAILED] if all_failed
-                       else [m for m in (u.get(i) for i in ids) if m is not None])
+                       else [m for m in (u.lookup(i) for i in ids) if m is not None])
             for msg in targets:
                 if msg.state is not OutState.FAILED:
                     result.wrong_state.append((msg.id, msg.state.value))
                     continue
                 msg.retries = 0
                 msg.due = now
+                msg.reported = None  # a new attempt: the webapp hears UNSENT again
                 for part in msg.parts:
                     if part.state is not PartState.SENT:
                         part.state = PartState.UNSENT
@@ -721,7 +829,7 @@ class Archive:
             for end, entry in self._lines(path, start):
                 if entry.get("kind") == "out":
                     rec = entry.get("record") or {}
-                    if "id" in rec:
+                    if "id" in rec and rec.get("local") is not True:  # webapp ids only
                         fresh.append(self._hash(rec["id"]))
                         self._remember(rec["id"], (rec.get("state", "FAILED"), rec.get("reason")))
                 self._offsets[path.name] = end
@@ -746,20 +854,21 @@ class Archive:
         i = bisect.bisect_left(self._hashes, h)
         if i == len(self._hashes) or self._hashes[i] != h:
             return None
-        rec = self.find("out", msg_id)  # an old id offered again: rare, so read the files
+        rec = self.find("out", msg_id, local=False)  # an old id again: rare, read the files
         if rec is None:
             return None  # a hash collision with another id
         status = (rec.get("state", "FAILED"), rec.get("reason"))
         self._remember(msg_id, status)
         return status
 
-    def find(self, kind: str, msg_id: str) -> dict[str, Any] | None:
-        """The newest archived record of that kind and id."""
+    def find(self, kind: str, msg_id: str, local: bool | None = None) -> dict[str, Any] | None:
+        """The newest archived record of that kind and id (of that namespace, if given)."""
         found = None
         for path in self._files():
             for _, entry in self._lines(path):
                 rec = entry.get("record") or {}
-                if entry.get("kind") == kind and rec.get("id") == msg_id:
+                if entry.get("kind") == kind and rec.get("id") == msg_id and (
+                        local is None or (rec.get("local") is True) == local):
                     found = rec
         return found
 

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -83,7 +83,10 @@ def _json_type(value: Any) -> str:
 def _load_json(body: bytes) -> Any:
     """json.loads that only ever raises WebappError."""
     try:
-        return json.loads(body)
+        # strict=False: a control character inside a string is content. The multiOTP PHP
+        # class writes tabs raw into its answers, and refusing the answer would lose every
+        # message in it (it marks them handed over as it answers).
+        return json.loads(body, strict=False)
     except RecursionError:
         raise WebappError("the webapp's answer is not valid JSON: nested too deeply") from None
     except UnicodeError as exc:
@@ -94,20 +97,36 @@ def _load_json(body: bytes) -> Any:
         raise WebappError(f"the webapp's answer is not valid JSON: {exc}") from None
 
 
-def _id_field(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
+def _string_field(item: dict[str, Any], name: str, missing: str) -> tuple[str | None, str | None]:
+    """A field that must be a string: (value, None), or (None, why it is unusable)."""
+    value = item.get(name)
+    if value is None:
+        return None, missing
+    if not isinstance(value, str):
+        return None, f"{name} is {_json_type(value)}, not a string"
+    return value, None
 
 
-def _to_field(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
+def _offered(index: int, item: Any) -> Offered | None:
+    """One entry of `messages`, checked field by field; None when it is not an object.
+
+    A bad field never drops the entry: it comes back with `problem` set, so that an entry
+    with a usable id is reported FAILED with the reason, and the others go on.
+    """
+    if not isinstance(item, dict):
+        logger.warning("skipped messages[%d] of the webapp's answer: %s, not an object",
+                       index, _json_type(item))
+        return None
+    raw_id = item.get("id")
+    msg_id, problem = _string_field(item, "id", "missing id")
+    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        msg_id = str(raw_id)  # reportable under its decimal spelling, but not sent
+    to, to_problem = _string_field(item, "to", "missing recipient (to)")
+    content, content_problem = _string_field(item, "content", "missing content")
+    problem = problem or to_problem or content_problem
+    if problem and msg_id is None:
+        logger.warning("skipped messages[%d] of the webapp's answer: %s", index, problem)
+    return Offered(id=msg_id or None, to=to, content=content, problem=problem)
 
 
 def parse_response(body: bytes) -> list[Offered]:
@@ -125,19 +144,7 @@ def parse_response(body: bytes) -> list[Offered]:
             f'the webapp\'s answer has "messages" as {_json_type(messages)}, '
             "not an array or null"
         )
-    offered: list[Offered] = []
-    for index, item in enumerate(messages):
-        if not isinstance(item, dict):
-            logger.warning("skipped messages[%d] of the webapp's answer: %s, not an object",
-                           index, _json_type(item))
-            continue
-        content = item.get("content")
-        offered.append(Offered(
-            id=_id_field(item.get("id")),
-            to=_to_field(item.get("to")),
-            content=content if isinstance(content, str) else None,
-        ))
-    return offered
+    return [o for o in (_offered(i, item) for i, item in enumerate(messages)) if o is not None]
 
 
 def _snippet(body: bytes, content_type: str = "") -> str:
@@ -209,6 +216,16 @@ for _name in _URLLIB3_LOGGERS:
 class _Answer:
     status: int
     body: bytes
+
+
+def _login_redirect(response: requests.Response) -> tuple[int, str] | None:
+    """(status, where) when the webapp sent us to a login page, as cht-core does with a
+    wrong password for a client that does not ask for JSON."""
+    for hop in [*response.history, response]:
+        location = hop.headers.get("Location") if 300 <= hop.status_code < 400 else None
+        if location and "login" in urlsplit(location).path.lower():
+            return hop.status_code, redact_url(urljoin(hop.url, location)) or "a login page"
+    return None
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -395,6 +412,11 @@ class WebappClient:
     def _read_answer(self, method: str,
                      response: requests.Response) -> tuple[_Answer, WebappError | None]:
         status = response.status_code
+        login = _login_redirect(response)
+        if login is not None:
+            return _Answer(status, b""), WebappError(self.scrub(
+                f"the webapp redirected to a login page (HTTP {login[0]} to {login[1]}): "
+                "check the user and password in the URL"), login[0])
         if response.request.method != method:
             first = response.history[0] if response.history else response
             where = redact_url(first.headers.get("Location", "")) or "another URL"

@@ -214,3 +214,41 @@ def test_retry_restarts_failed_and_refuses_others(tmp_path):
     with store.unit(T0) as u:
         m = u.get("m1")
         assert m.state is OutState.UNSENT and m.retries == 0 and m.due == T0
+
+
+def test_a_newer_status_replaces_a_queued_older_one(tmp_path):
+    store = Store(tmp_path / "state")
+    store.complete_exchange(store.next_batch(T0), [offered(1), offered(2)], T0)
+    with store.unit(T0) as u:
+        u.transition(u.get("m1"), OutState.PENDING)
+    assert [(x.id, x.status) for x in store.next_batch(T0).updates] == [
+        ("m2", "UNSENT"), ("m1", "PENDING")]
+
+
+def test_a_status_queued_while_a_post_is_in_flight_is_kept(tmp_path):
+    """The POST carried PENDING; SENT, queued meanwhile, may reuse the freed doc id."""
+    store = Store(tmp_path / "state")
+    store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
+    store.complete_exchange(store.next_batch(T0), [], T0)  # UNSENT posted
+    with store.unit(T0) as u:
+        u.transition(u.get("m1"), OutState.PENDING)
+    in_flight = store.next_batch(T0)
+    assert [(x.id, x.status) for x in in_flight.updates] == [("m1", "PENDING")]
+    with store.unit(T0) as u:
+        u.transition(u.get("m1"), OutState.SENT)
+    store.complete_exchange(in_flight, [], T0)
+    assert [(x.id, x.status) for x in store.next_batch(T0).updates] == [("m1", "SENT")]
+
+
+def test_a_status_older_than_the_last_reported_is_not_queued(tmp_path):
+    store = Store(tmp_path / "state")
+    store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
+    with store.unit(T0) as u:
+        u.transition(u.get("m1"), OutState.PENDING)
+    store.complete_exchange(store.next_batch(T0), [], T0)
+    with store.unit(T0) as u:
+        u.transition(u.get("m1"), OutState.UNSENT, "a failed try")  # retried automatically
+    assert store.next_batch(T0).updates == []
+    # ... and a re-offer of the id is answered with what the webapp last heard.
+    store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
+    assert [(x.id, x.status) for x in store.next_batch(T0).updates] == [("m1", "PENDING")]

@@ -388,14 +388,25 @@ def test_keep_alive_connection_reused_across_exchanges(server, make_client):
     (b'{"messages": [{"id": "a", "to": "+1", "content": "x", "extra": [1, {}]}], "more": 1}',
      [Offered("a", "+1", "x")]),
     (b'{"messages": [{"id": 42, "to": 254700000002, "content": "x"}]}',
-     [Offered("42", "254700000002", "x")]),
-    (b'{"messages": [{"id": null, "to": null, "content": null}]}', [Offered(None, None, None)]),
-    (b'{"messages": [{}]}', [Offered(None, None, None)]),
+     [Offered("42", None, "x", "id is a number, not a string")]),
+    (b'{"messages": [{"id": "a", "to": 254700000002, "content": "x"}]}',
+     [Offered("a", None, "x", "to is a number, not a string")]),
+    (b'{"messages": [{"id": null, "to": null, "content": null}]}',
+     [Offered(None, None, None, "missing id")]),
+    (b'{"messages": [{}]}', [Offered(None, None, None, "missing id")]),
     (b'{"messages": [{"id": "", "to": "", "content": ""}]}', [Offered(None, "", "")]),
-    (b'{"messages": [{"id": true, "to": false, "content": 5}]}', [Offered(None, None, None)]),
-    (b'{"messages": [{"id": 1.5, "to": 1.0, "content": ["x"]}]}', [Offered(None, None, None)]),
+    (b'{"messages": [{"id": true, "to": false, "content": 5}]}',
+     [Offered(None, None, None, "id is a boolean, not a string")]),
+    (b'{"messages": [{"id": 1.5, "to": 1.0, "content": ["x"]}]}',
+     [Offered(None, None, None, "id is a number, not a string")]),
     (b'{"messages": [{"id": {"a": 1}, "to": ["+1"], "content": {"t": "x"}}]}',
-     [Offered(None, None, None)]),
+     [Offered(None, None, None, "id is an object, not a string")]),
+    (b'{"messages": [{"id": "a", "to": ["+1"], "content": "x"}]}',
+     [Offered("a", None, "x", "to is an array, not a string")]),
+    (b'{"messages": [{"id": "a", "to": "+1"}]}', [Offered("a", "+1", None, "missing content")]),
+    # The multiOTP PHP class writes control characters raw inside JSON strings.
+    (b'{"messages": [{"id": "t", "to": "+1", "content": "a\tb\x01c"}]}',
+     [Offered("t", "+1", "a\tb\x01c")]),
     (b'\xef\xbb\xbf{"messages": [{"id": "b", "to": "+1", "content": "\\u00e9"}]}',
      [Offered("b", "+1", "é")]),
 ])
@@ -560,7 +571,8 @@ def test_wrong_types_in_answer(server, make_client):
     err = raised(lambda: make_client(server.url()).exchange([], []))
     assert '"messages" as a string' in str(err)
     server.reply(Reply(body=b'{"messages": [{"id": null, "to": 123, "content": 5}, [], "s"]}'))
-    assert make_client(server.url()).exchange([], []) == [Offered(None, "123", None)]
+    assert make_client(server.url()).exchange([], []) == [
+        Offered(None, None, None, "missing id")]
 
 
 # --- redirects ----------------------------------------------------------------------------
@@ -830,3 +842,23 @@ def test_secret_spelled_differently_by_requests_is_scrubbed(make_client):
     client = make_client(url)
     text = client.scrub("GET /gw?key=top%20secret%20key failed")
     assert "secret" not in text
+
+
+# --- cht-core's answers to a wrong password -------------------------------------------------
+
+def test_redirect_to_a_login_page_says_to_check_the_password(server, make_client):
+    """cht-core sends a client that does not ask for JSON to /medic/login with a 302."""
+    def respond(seen: Seen) -> Reply:
+        if seen.path.startswith("/medic/login"):
+            return Reply(200, b"<html><form>login</form></html>",
+                         headers=[("Content-Type", "text/html")])
+        return Reply(302, b"", headers=[("Location", "/medic/login?redirect=%2Fapi")])
+
+    server.responder = respond
+    for call in (lambda c: c.exchange(MSGS, []), lambda c: c.handshake()):
+        err = raised(lambda: call(make_client(server.url())))
+        where = f"http://127.0.0.1:{server.server_address[1]}/medic/login?redirect=***"  # query values hidden
+        assert str(err) == (f"the webapp redirected to a login page (HTTP 302 to {where}): "
+                            "check the user and password in the URL")
+        assert err.status == 302
+        assert PASSWORD not in str(err)
