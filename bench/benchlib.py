@@ -506,9 +506,10 @@ class LatentPhone(SimulatedPhone):
         super().send(number, text)
         self.send_times.append(self.sim_clock())
 
-    def read_inbox(self, position: dict[str, Any] | None) -> Any:
+    def read_inbox(self, position: dict[str, Any] | None,
+                   since: datetime | None = None) -> Any:
         self._wait()
-        return super().read_inbox(position)
+        return super().read_inbox(position, since)
 
     def read_outgoing(self, since: datetime) -> Any:
         self._wait()

@@ -43,13 +43,14 @@ class SimulatedAdapter:
 
 
 class TermuxAdapter:
-    def __init__(self, fake: FakeTermux, old_version: bool) -> None:
+    def __init__(self, fake: FakeTermux, script: str, app: str) -> None:
         self.fake = fake
         self.now = START
         fake.set_clock(START)
-        if old_version:
-            fake.set_mode(old_version=1)
-            # An old app can only be told apart from a new one on a phone with rows.
+        fake.set_mode(script_version=script, app_version=app)
+        if app < "0.51":
+            # An app that ignores the selection can only be told apart from a new one on a
+            # phone with rows (with script 0.59; script 0.58 refuses the option anyway).
             fake.add_row("sent", "+254799999999", "setup", at=START - timedelta(days=1))
         self.phone = TermuxPhone(send_timeout=20, list_timeout=20)
 
@@ -70,7 +71,18 @@ class TermuxAdapter:
         self.fake.set_mode(radio_off=1)
 
 
-@pytest.fixture(params=["simulated", "termux", "termux-old-app"])
+# The Termux:API package (scripts) and app versions a phone can pair: script 0.58 has no
+# --message-selection; app 0.49 ignores it and prints no _id nor address, 0.50 adds _id.
+TERMUX_PAIRS = {
+    "termux": ("0.59", "0.53"),
+    "termux-app-0.50": ("0.59", "0.50"),
+    "termux-app-0.49": ("0.59", "0.49"),
+    "termux-script-0.58": ("0.58", "0.53"),
+    "termux-oldest": ("0.58", "0.49"),
+}
+
+
+@pytest.fixture(params=["simulated", *TERMUX_PAIRS])
 def adapter(request, tmp_path, monkeypatch):
     if request.param == "simulated":
         yield SimulatedAdapter()
@@ -81,7 +93,7 @@ def adapter(request, tmp_path, monkeypatch):
     time.tzset()
     try:
         fake = FakeTermux(tmp_path / "fake-termux").install(monkeypatch)
-        yield TermuxAdapter(fake, old_version=request.param == "termux-old-app")
+        yield TermuxAdapter(fake, *TERMUX_PAIRS[request.param])
     finally:
         if old_tz is None:
             os.environ.pop("TZ", None)
@@ -217,3 +229,61 @@ class TestPhoneContract:
             assert row.date.utcoffset() == timedelta(0)
             assert row.date.microsecond == 0
             assert row.date == second(adapter.now)
+
+    def test_text_that_trims_to_nothing_sends_nothing(self, adapter):
+        since = adapter.now
+        assert adapter.phone.send("0700111222", " \t\n\x01 ") is None
+        assert adapter.handed_over() == 1
+        adapter.advance(1)
+        adapter.phone.send("0700111222", "real")
+        assert [r.body for r in adapter.phone.read_outgoing(since)] == ["real"]
+
+    # read_inbox(None, since): the first read forwards what arrived since the set-up --------
+    def test_first_read_since_returns_the_inbox_from_that_second_on_once(self, adapter):
+        phone = adapter.phone
+        adapter.receive("+254700000001", "before")
+        adapter.advance(2)
+        adapter.receive("+254700000002", "same second, earlier")
+        adapter.advance(0.3)  # still the same second: compared at second resolution
+        since = adapter.now
+        phone.send("0700111222", "an outgoing row")
+        adapter.advance(1)
+        adapter.receive("+254700000003", "after")
+        rows, pos = phone.read_inbox(None, since=since)
+        assert [(r.kind, r.address, r.body) for r in rows] == [
+            (INBOX, "+254700000002", "same second, earlier"), (INBOX, "+254700000003", "after")]
+        assert [r.date for r in rows] == [second(since), second(adapter.now)]
+        rows, pos = phone.read_inbox(through_json(pos), since=since)
+        assert rows == []  # the position is after the newest row: since is ignored now
+        adapter.advance(1)
+        adapter.receive("+254700000004", "new")
+        rows, pos = phone.read_inbox(through_json(pos))
+        assert [r.body for r in rows] == ["new"]
+        assert phone.read_inbox(through_json(pos))[0] == []
+
+    def test_first_read_since_after_every_row_returns_nothing_then_new_rows(self, adapter):
+        adapter.receive("+254700000001", "old")
+        rows, pos = adapter.phone.read_inbox(None, since=adapter.now + timedelta(seconds=5))
+        assert rows == []
+        adapter.advance(10)
+        adapter.receive("+254700000001", "new")
+        adapter.receive("+254700000001", "new")
+        rows, pos = adapter.phone.read_inbox(through_json(pos))
+        assert [r.body for r in rows] == ["new", "new"]
+        assert adapter.phone.read_inbox(through_json(pos))[0] == []
+
+    def test_first_read_since_of_an_empty_inbox(self, adapter):
+        rows, pos = adapter.phone.read_inbox(None, since=adapter.now - timedelta(days=1))
+        assert rows == []
+        adapter.receive("+254700000001", "first ever")
+        rows, _ = adapter.phone.read_inbox(through_json(pos))
+        assert [r.body for r in rows] == ["first ever"]
+
+    def test_since_is_ignored_once_there_is_a_position(self, adapter):
+        adapter.receive("+254700000001", "old")
+        _, pos = adapter.phone.read_inbox(None)
+        adapter.advance(1)
+        adapter.receive("+254700000002", "new")
+        rows, pos = adapter.phone.read_inbox(through_json(pos),
+                                             since=adapter.now - timedelta(days=1))
+        assert [r.body for r in rows] == ["new"]

@@ -54,11 +54,18 @@ def fake(fake_termux):
     return fake_termux
 
 
-@pytest.fixture(params=["selection", "old_version"])
+# Termux:API package (script) and app versions, as a phone can pair them.
+MODES = {
+    "selection": {},  # script 0.59 + app 0.53: --message-selection works
+    "old_app": {"script_version": "0.59", "app_version": "0.49"},  # selection ignored
+    "old_version": {"old_version": 1},  # script 0.58 + app 0.49: the option is refused
+}
+
+
+@pytest.fixture(params=list(MODES))
 def mode(request, fake):
-    """Run a test against a current Termux:API and an old one that ignores selections."""
-    if request.param == "old_version":
-        fake.set_mode(old_version=1)
+    """Run a test against a current Termux:API and old ones without selections."""
+    fake.set_mode(**MODES[request.param])
     return request.param
 
 
@@ -187,6 +194,18 @@ def test_sim_slot_is_passed_when_configured(fake):
         ["-n", "0700111222", "-s", "1"], ["-n", "0700111222"]]
 
 
+@pytest.mark.parametrize("slot", [-1, 10, "1", 1.0, True, "0 1", "x"])
+def test_sim_slot_must_be_a_small_integer_on_every_path(fake, slot):
+    # `-s SLOT` is pasted unquoted into an `am` line: anything else hangs the call.
+    with pytest.raises(ValueError, match="SIM slot"):
+        TermuxPhone(sim_slot=slot)
+    phone = TermuxPhone(sim_slot=9)
+    with pytest.raises(ValueError, match="SIM slot"):
+        phone.sim_slot = slot
+    assert phone.sim_slot == 9
+    assert fake.calls() == []
+
+
 def test_send_permission_error_carries_the_tools_words(fake):
     fake.set_mode(permission_error=1)
     with pytest.raises(PhoneError) as err:
@@ -259,6 +278,57 @@ def test_probe_sees_an_old_app(fake):
     assert phone.calls == 1
 
 
+@pytest.mark.parametrize("app", ["0.49", "0.53"])
+def test_probe_sees_the_fakes_old_script(fake, app):
+    fake.set_mode(script_version="0.58", app_version=app)
+    phone = TermuxPhone()
+    assert phone.supports_selection is False
+    assert phone.calls == 1
+    fake.receive("+254700000001", "hi", at=T0)
+    rows, pos = phone.read_inbox(None, since=T0)
+    assert bodies(rows) == ["hi"]
+    assert phone.read_inbox(pos)[0] == []
+    assert not any(a.startswith("--") for c in fake.calls("termux-sms-list")[1:]
+                   for a in c["argv"])
+
+
+def test_probe_raises_on_another_argument_error(tmp_path, monkeypatch):
+    # Script 0.59 exits 64 on an argument error; with the `=` form it accepts the option,
+    # so 64 is a real error, not an old script.
+    script(tmp_path, monkeypatch, "termux-sms-list",
+           "echo \"termux-sms-list: Unknown option: '--message-selection'.\" >&2; exit 64")
+    with pytest.raises(CommandFailed) as err:
+        TermuxPhone().read_inbox(None)
+    assert err.value.returncode == 64
+
+
+def test_script_downgraded_after_the_probe_falls_back_to_dates(fake):
+    phone = TermuxPhone()
+    _, pos = phone.read_inbox(None)
+    assert phone.supports_selection is True
+    fake.set_mode(script_version="0.58")  # `pkg install termux-api=0.58.0`
+    fake.receive("+254700000001", "after the downgrade", at=T0)
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == ["after the downgrade"]
+    assert phone.supports_selection is False
+    assert phone.read_inbox(pos)[0] == []
+    phone.send("0700111222", "out")
+    assert bodies(phone.read_outgoing(T0)) == ["out"]
+
+
+def test_old_app_inbox_type_lists_every_row_but_only_inbox_rows_are_read(fake, mode):
+    # Before app 0.50 `-t inbox` lists every message: sent rows must not be forwarded.
+    phone = TermuxPhone(page_size=3)
+    fake.add_row("sent", "+254700000009", "old reply", at=T0 - timedelta(seconds=9))
+    _, pos = phone.read_inbox(None)
+    for i in range(4):
+        fake.receive("+254700000001", f"in {i}", at=T0 + timedelta(seconds=i))
+        fake.add_row("sent", "+254700000001", f"reply {i}", at=T0 + timedelta(seconds=i))
+    rows, pos = phone.read_inbox(pos)
+    assert [(r.kind, r.body) for r in rows] == [(INBOX, f"in {i}") for i in range(4)]
+    assert phone.read_inbox(pos)[0] == []
+
+
 def test_probe_sees_an_old_script_refusing_the_option(tmp_path, monkeypatch):
     script(tmp_path, monkeypatch, "termux-sms-list", """
 case "$*" in *--message-selection*) echo "termux-sms-list: illegal option --"; exit 1;; esac
@@ -269,7 +339,7 @@ echo '[]'""")
 
 
 def test_old_app_on_an_empty_phone_is_found_out_later(fake):
-    fake.set_mode(old_version=1)
+    fake.set_mode(**MODES["old_app"])  # a new script that passes the option to an old app
     phone = TermuxPhone()
     rows, pos = phone.read_inbox(None)  # the probe cannot tell on an empty phone
     assert rows == []
@@ -424,6 +494,30 @@ def test_repeated_local_hour_at_dst_end_loses_and_duplicates_nothing(fake, mode,
     fake.receive("+254700000001", "m3", at=at[2] + timedelta(minutes=10))
     rows, pos = phone.read_inbox(pos)
     assert bodies(rows) == ["m3"]
+    assert phone.read_inbox(pos)[0] == []
+
+
+def test_first_read_since_pages_back_to_since(fake, mode):
+    fake.receive("+254700000009", "before", at=T0 - timedelta(seconds=1))
+    for i in range(7):
+        fake.receive("+254700000001", f"m{i}", at=T0 + timedelta(seconds=i))
+        fake.add_row("sent", "+254700000001", f"reply {i}", at=T0 + timedelta(seconds=i))
+    phone = TermuxPhone(page_size=3)
+    rows, pos = phone.read_inbox(None, since=T0 + timedelta(milliseconds=300))  # same second
+    assert bodies(rows) == [f"m{i}" for i in range(7)]
+    assert phone.read_inbox(pos)[0] == []
+
+
+def test_first_read_since_still_finds_a_later_row_dated_before_since(fake, mode):
+    # Stored after the first read but dated earlier (a phone clock set back, or an SMS app
+    # that stores the network's time): the position is after the newest row, not at `since`.
+    fake.receive("+254700000009", "old", at=T0 - timedelta(hours=1))
+    phone = TermuxPhone()
+    rows, pos = phone.read_inbox(None, since=T0)
+    assert rows == []
+    fake.receive("+254700000001", "late", at=T0 - timedelta(seconds=30))
+    rows, pos = phone.read_inbox(pos)
+    assert bodies(rows) == ["late"]
     assert phone.read_inbox(pos)[0] == []
 
 

@@ -94,12 +94,20 @@ class Phone(ABC):
         """
 
     @abstractmethod
-    def read_inbox(self, position: dict[str, Any] | None) -> tuple[list[SmsRow], dict[str, Any]]:
+    def read_inbox(self, position: dict[str, Any] | None,
+                   since: datetime | None = None) -> tuple[list[SmsRow], dict[str, Any]]:
         """Rows received after `position`, oldest first, and the position after them.
 
         `position` is opaque JSON-able state owned by the implementation. With None
-        (first start) nothing is returned and the position is set after the newest row,
-        so the phone's old inbox is not forwarded.
+        (first start):
+        - `since` None: nothing is returned and the position is set after the newest row,
+          so the phone's old inbox is not forwarded;
+        - `since` an aware datetime (e.g. when the gateway was set up): the inbox rows
+          received at or after `since` are returned, compared at second resolution (a row
+          whose local `received` time may stand for a second >= `since` counts), so SMS that
+          arrived before the first successful read are forwarded once; the position is set
+          after the newest row.
+        When `position` is given, `since` is ignored.
         """
 
     @abstractmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from ..models import Clock, utcnow
@@ -61,17 +61,28 @@ class SimulatedPhone(Phone):
         number = normalize_number(number)
         with self._lock:
             self.sends.append((number, text))
+            body = java_trim(text)
+            if not body:
+                # Termux:API: SmsManager.divideMessage("") throws and the app swallows it.
+                return
             failing = self.radio_off or self._fail_next > 0
             if self._fail_next > 0:
                 self._fail_next -= 1
             # Android writes the row as sent, then flips it to failed.
-            self._add(FAILED if failing else SENT, number, java_trim(text))
+            self._add(FAILED if failing else SENT, number, body)
 
-    def read_inbox(self, position: dict[str, Any] | None) -> tuple[list[SmsRow], dict[str, Any]]:
+    def read_inbox(self, position: dict[str, Any] | None,
+                   since: datetime | None = None) -> tuple[list[SmsRow], dict[str, Any]]:
         with self._lock:
             last_id = self._rows[-1].row_id if self._rows else 0
             if position is None:
-                return [], {"id": last_id}
+                if since is None:
+                    return [], {"id": last_id}
+                if since.tzinfo is None:
+                    since = since.replace(tzinfo=timezone.utc)
+                floor = since.replace(microsecond=0)  # row dates have second resolution
+                return [self._public(r) for r in self._rows
+                        if r.kind == INBOX and r.date >= floor], {"id": last_id}
             after = int(position.get("id", 0))
             rows = [self._public(r) for r in self._rows if r.kind == INBOX and r.row_id > after]
             return rows, {"id": max([after] + [r.row_id for r in rows if r.row_id is not None])}

@@ -35,6 +35,10 @@ WAKE_LOCK = "termux-wake-lock"
 API_PACKAGE = "com.termux.api"
 
 RECEIVED_FORMAT = "%Y-%m-%d %H:%M:%S"
+MAX_SIM_SLOT = 9
+# termux-api 0.59's scripts print their log lines on stdout when this asks for DEBUG or more,
+# which breaks the JSON: never pass it on.
+LOG_LEVEL_ENV = "TERMUX_API__LOG_LEVEL"
 _KINDS = {"inbox": INBOX, "sent": SENT, "failed": FAILED}
 _WORDS = 300  # characters of a tool's output kept in an error text
 
@@ -73,10 +77,11 @@ def run_command(args: tuple[str, ...], *, stdin: str | None = None, timeout: flo
             data = stdin.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise PhoneError(f"text for {args[0]} is not valid Unicode: {exc.reason}") from None
+    env = {k: v for k, v in os.environ.items() if k != LOG_LEVEL_ENV}
     try:
         proc = subprocess.Popen(
             args, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
     except OSError as exc:
         raise PhoneError(f"cannot run {args[0]}: {exc.strerror or exc}") from None
     try:
@@ -198,7 +203,27 @@ class _Item(NamedTuple):
 
 
 class _SelectionIgnored(Exception):
-    """termux-sms-list answered rows its --message-selection excludes."""
+    """termux-sms-list answered rows its --message-selection excludes, or refused the option."""
+
+
+def check_sim_slot(slot: object) -> int | None:
+    """`slot` if it is None or a SIM slot termux-sms-send can be given (0..MAX_SIM_SLOT).
+
+    The script pastes `-s SLOT` unquoted into an `am` command line: anything but a small
+    integer makes `am` fail and the call hang, so nothing else may ever reach it.
+    """
+    if slot is None:
+        return None
+    if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot <= MAX_SIM_SLOT:
+        raise ValueError(f"not a SIM slot (0 to {MAX_SIM_SLOT}): {slot!r}")
+    return slot
+
+
+def _refuses_selection(exc: CommandFailed) -> bool:
+    """termux-sms-list before package 0.59 (dash getopts) has no long options: it prints
+    `termux-sms-list: illegal option --` and exits 1. (0.59 exits 64 on an argument error: that
+    is a real error, not an old script.)"""
+    return exc.returncode == 1 and "illegal option --" in exc.output
 
 
 def _to_utc(received: str) -> tuple[datetime, int]:
@@ -276,6 +301,13 @@ class _Position:
         return {"v": 1, "id": self.id, "since": self.since, "seen": dict(sorted(self.seen.items()))}
 
 
+def _floor_second(at: datetime) -> int:
+    """`at` (aware; naive means UTC) as the UTC second it falls in."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return math.floor(at.timestamp())
+
+
 def _new_rows(items: Iterable[_Item], seen: dict[str, int]) -> list[SmsRow]:
     """Rows of `items` (oldest first) beyond the counts already seen of their identity."""
     remaining = Counter(seen)
@@ -321,9 +353,6 @@ class TermuxPhone(Phone):
                  list_timeout: float = 30.0, page_size: int = 500) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
-        if sim_slot is not None and (isinstance(sim_slot, bool) or not isinstance(sim_slot, int)
-                                     or sim_slot < 0):
-            raise ValueError(f"not a SIM slot (0-based): {sim_slot!r}")
         self.sim_slot = sim_slot
         self.send_timeout = send_timeout
         self.list_timeout = list_timeout
@@ -331,13 +360,31 @@ class TermuxPhone(Phone):
         self.calls = 0
         self._selection: bool | None = None
 
+    @property
+    def sim_slot(self) -> int | None:
+        """The 0-based SIM slot passed as `-s`, or None for the phone's default SIM."""
+        return self._sim_slot
+
+    @sim_slot.setter
+    def sim_slot(self, slot: int | None) -> None:
+        self._sim_slot = check_sim_slot(slot)
+
     def _run(self, args: tuple[str, ...], *, stdin: str | None = None,
              timeout: float) -> str:
         self.calls += 1
         return run_command(args, stdin=stdin, timeout=timeout)
 
     def _list(self, *options: str) -> list[_Item]:
-        out = self._run((SMS_LIST, *options), timeout=self.list_timeout)
+        try:
+            out = self._run((SMS_LIST, *options), timeout=self.list_timeout)
+        except CommandFailed as exc:
+            if any(o.startswith("--message-") for o in options) and _refuses_selection(exc):
+                # An old script (or one that was downgraded since the probe).
+                logger.warning("termux-sms-list does not know --message-selection (%s); "
+                               "reading by date: update termux-api (pkg upgrade termux-api)",
+                               exc)
+                raise _SelectionIgnored from None
+            raise
         return _parse_rows(parse_json(SMS_LIST, out))
 
     # --message-selection support ------------------------------------------------------
@@ -351,20 +398,16 @@ class TermuxPhone(Phone):
     def _probe(self) -> bool:
         try:
             rows = self._list("-t", "all", "-l", "1", "--message-selection=_id < 0")
-        except CommandFailed as exc:
-            if exc.returncode == 1 and "option" in exc.output:
-                logger.warning("termux-sms-list does not know --message-selection (%s); "
-                               "reading by date: update termux-api", exc)
-                return False
-            raise
+        except _SelectionIgnored:
+            return False
         if rows:
             logger.warning("Termux:API ignores --message-selection (app older than 0.51); "
                            "reading by date: update the Termux:API app")
         return not rows
 
     def _selection_ignored(self) -> None:
-        logger.warning("termux-sms-list answered rows outside its --message-selection; "
-                       "reading by date from now on: update the Termux:API app")
+        logger.warning("termux-sms-list does not apply --message-selection (any more); "
+                       "reading by date from now on: update termux-api and the Termux:API app")
         self._selection = False
 
     def _pages_by_id(self, type_option: str, selection: str,
@@ -386,16 +429,17 @@ class TermuxPhone(Phone):
                 return sorted(items, key=lambda i: i.row.row_id or 0)
             after = max(i.row.row_id or 0 for i in page)
 
-    def _pages_by_date(self, type_option: str,
-                       enough: Callable[[list[_Item]], bool]) -> list[_Item]:
-        """Rows newest-first page by page until a short page or one that is `enough`;
-        returned oldest first."""
+    def _pages_by_date(self, type_option: str, enough: Callable[[list[_Item]], bool],
+                       kinds: tuple[str, ...] | None = None) -> list[_Item]:
+        """Rows of `kinds` (None: every kind) newest-first page by page until a short page or
+        one that is `enough` (it is given the whole page); returned oldest first."""
         pages: list[list[_Item]] = []
+        offset = 0
         while True:
-            page = self._list("-t", type_option, "-l", str(self.page_size),
-                              "-o", str(self.page_size * len(pages)))
-            pages.append(page)
-            if len(page) < self.page_size or enough(page):
+            raw = self._list("-t", type_option, "-l", str(self.page_size), "-o", str(offset))
+            offset += len(raw)
+            pages.append([i for i in raw if kinds is None or i.row.kind in kinds])
+            if len(raw) < self.page_size or enough(raw):
                 break
         # Each page is printed oldest first; the pages themselves go back in time.
         items = [item for page in reversed(pages) for item in page]
@@ -425,28 +469,22 @@ class TermuxPhone(Phone):
                          f"{_words(json.dumps(data))!r}", out.strip(), maybe_sent=True)
 
     # inbox ---------------------------------------------------------------------------
-    def read_inbox(self, position: dict[str, Any] | None) -> tuple[list[SmsRow], dict[str, Any]]:
+    def read_inbox(self, position: dict[str, Any] | None,
+                   since: datetime | None = None) -> tuple[list[SmsRow], dict[str, Any]]:
         pos = _Position.load(position)
+        # On the first read, the UTC second from which rows are new (None: none is).
+        floor = _floor_second(since) if position is None and since is not None else None
         if self.supports_selection:
             try:
-                return self._inbox_by_id(pos)
+                return self._inbox_by_id(pos, floor)
             except _SelectionIgnored:
                 self._selection_ignored()
-        return self._inbox_by_date(pos)
+        return self._inbox_by_date(pos, floor)
 
-    def _inbox_by_id(self, pos: _Position | None) -> tuple[list[SmsRow], dict[str, Any]]:
+    def _inbox_by_id(self, pos: _Position | None,
+                     floor: int | None) -> tuple[list[SmsRow], dict[str, Any]]:
         if pos is None:
-            # The newest page by _id: the first position, so the old inbox is not forwarded.
-            items = self._list("-t", "inbox", "-l", str(self.page_size),
-                               "--message-selection=type = 1", "--message-sort-order=_id DESC")
-            if any(i.row.row_id is None for i in items):
-                raise _SelectionIgnored
-            if not items:
-                return [], _Position(None, None).dump()
-            top = max(i.row.row_id or 0 for i in items)
-            since = max(i.lo for i in items) + 1
-            return [], _Position(top, since, _count(
-                items, lambda i: i.row.row_id == top or i.hi >= since)).dump()
+            return self._first_inbox_by_id(floor)
 
         # `_id >= id` finds rows stored since, including one that reuses the last _id after
         # a delete; `date >= since` (the second after the newest row seen) also finds rows
@@ -474,25 +512,60 @@ class TermuxPhone(Phone):
             since is not None and i.hi >= since))
         return new, _Position(top, since, seen).dump()
 
-    def _inbox_by_date(self, pos: _Position | None) -> tuple[list[SmsRow], dict[str, Any]]:
+    def _first_inbox_by_id(self, floor: int | None) -> tuple[list[SmsRow], dict[str, Any]]:
+        """The first position: after the newest inbox row by `_id` (so a row stored later is
+        found whatever its date). Rows that may be dated from `floor` on are new: while a
+        full page holds only such rows, older pages are read too."""
+        items: list[_Item] = []
+        low: int | None = None
+        while True:
+            selection = "type = 1" + ("" if low is None else f" AND _id < {low}")
+            page = self._list("-t", "inbox", "-l", str(self.page_size),
+                              f"--message-selection={selection}", "--message-sort-order=_id DESC")
+            if any(i.row.row_id is None or i.row.kind != INBOX
+                   or (low is not None and i.row.row_id >= low) for i in page):
+                raise _SelectionIgnored
+            items.extend(page)
+            if len(page) < self.page_size or floor is None or any(i.hi < floor for i in page):
+                break
+            low = min(i.row.row_id or 0 for i in page)
+        if not items:
+            return [], _Position(None, None).dump()
+        top = max(i.row.row_id or 0 for i in items)
+        since = max(i.lo for i in items) + 1
+        new = sorted((i for i in items if floor is not None and i.hi >= floor),
+                     key=lambda i: i.row.row_id or 0)
+        return [i.row for i in new], _Position(top, since, _count(
+            items, lambda i: i.row.row_id == top or i.hi >= since)).dump()
+
+    def _inbox_by_date(self, pos: _Position | None,
+                       floor: int | None) -> tuple[list[SmsRow], dict[str, Any]]:
         if pos is None:
-            # The rows of the newest second (the first page holds the newest row).
+            # The rows of the newest second (the first page holds the newest row), and back
+            # to `floor`: rows that may be dated from it on are new.
             newest: list[int] = []
 
             def enough(page: list[_Item]) -> bool:
+                inbox = [i for i in page if i.row.kind == INBOX]
+                if not newest and inbox:
+                    newest.append(max(i.lo for i in inbox))
                 if not newest:
-                    newest.append(max(i.lo for i in page))
-                return any(i.hi < newest[0] for i in page)
+                    return False
+                bound = newest[0] if floor is None else min(newest[0], floor)
+                return any(i.hi < bound for i in page)
 
-            items = self._pages_by_date("inbox", enough)
+            items = self._pages_by_date("inbox", enough, kinds=(INBOX,))
             if not items:
                 return [], _Position(None, None).dump()
             since = max(i.lo for i in items)
-            return [], _Position(None, since, _count(items, lambda i: i.hi >= since)).dump()
+            new = [i.row for i in items if floor is not None and i.hi >= floor]
+            return new, _Position(None, since, _count(items, lambda i: i.hi >= since)).dump()
 
         bound = pos.since
+        # Filtered on the kind too: before app 0.50 `-t inbox` lists every row.
         items = self._pages_by_date(
-            "inbox", lambda page: bound is not None and any(i.hi < bound for i in page))
+            "inbox", lambda page: bound is not None and any(i.hi < bound for i in page),
+            kinds=(INBOX,))
         candidates = [i for i in items if bound is None or i.hi >= bound]
         new = _new_rows(candidates, pos.seen)
         # From now on: the newest second, and how many rows of each identity it holds (two
@@ -504,9 +577,7 @@ class TermuxPhone(Phone):
 
     # sent and failed rows ------------------------------------------------------------
     def read_outgoing(self, since: datetime) -> list[SmsRow]:
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=timezone.utc)
-        floor = math.floor(since.timestamp())
+        floor = _floor_second(since)
         if self.supports_selection:
             try:
                 items = self._pages_by_id(
@@ -516,8 +587,9 @@ class TermuxPhone(Phone):
             except _SelectionIgnored:
                 self._selection_ignored()
         # Never `-t failed`: it lists every message. `-t sent` would miss the failed rows.
-        items = self._pages_by_date("all", lambda page: any(i.hi < floor for i in page))
-        return [i.row for i in items if i.row.kind in (SENT, FAILED) and i.hi >= floor]
+        items = self._pages_by_date("all", lambda page: any(i.hi < floor for i in page),
+                                    kinds=(SENT, FAILED))
+        return [i.row for i in items if i.hi >= floor]
 
     # diagnosis -----------------------------------------------------------------------
     def diagnose(self) -> str | None:

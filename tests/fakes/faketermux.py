@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,6 +37,11 @@ class FakeTermux:
         self.provider = Provider(self.dir)
         with self.provider.db():
             pass  # create the schema now
+        # The executables run this interpreter (bin/* falls back to `python3` on PATH).
+        python = self.dir / "python"
+        if not python.exists():
+            with contextlib.suppress(OSError):
+                python.symlink_to(os.path.realpath(sys.executable))
 
     @property
     def env(self) -> dict[str, str]:

@@ -8,10 +8,16 @@ The state lives in the folder named by FAKE_TERMUX_DIR:
   calls.jsonl  one JSON line per termux-*/pm invocation: name, argv, stdin_len, time, pid
   lock         fcntl lock held around every access
 
-Behaviour follows ../shared/TERMUX.md: termux-sms-list evaluates --message-selection and
---message-sort-order with real SQLite, pages with LIMIT/OFFSET, prints the page reversed
-(newest last) and treats `-t failed`/`-t queued` as `all`; termux-sms-send trims stdin like
-Java's String.trim(), exits 0 whatever happens and writes a sent (or failed) row.
+Each command is modelled in two layers, because a phone can pair any version of each:
+  the script   (termux-api package, mode `script_version`): how the arguments are parsed and
+               what an argument error prints and exits with; termux-sms-list 0.59 is a bash
+               script with `--opt=value` long options, 0.58 a dash/getopts one without them;
+  the app      (Termux:API, mode `app_version`): what the broadcast does; before 0.51 it
+               ignores --message-selection/--message-sort-order, before 0.50 it prints no
+               `_id` and `-t inbox` lists every row, before 0.51 no `address`.
+Between the two sits `am broadcast`: an `--ei` value Java's Integer.decode refuses, or a word
+split where the script pastes a value unquoted, makes am fail, nothing connects back, and the
+command hangs. The facts and their sources are in ../shared/TERMUX.md and README.md here.
 This module must not import smsgw: it is the phone, not the gateway.
 """
 
@@ -25,6 +31,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,9 +47,16 @@ OLD_LIST_TYPES = ("all", "inbox", "sent", "draft", "outbox")
 
 # Documented switches (values are JSON scalars; absent means off / default).
 MODES = {
-    "old_version": "termux-sms-list ignores --message-selection/--message-sort-order and "
-                   "prints no `_id` nor `address`",
-    "permission_error": "termux-sms-list and termux-sms-send print {\"error\": ...}; no row",
+    "script_version": "termux-api package (the scripts): 0.59 (default: bash, long options "
+                      "only as --opt=value, argument errors exit 64) or 0.58 (dash getopts: "
+                      "no long options, `illegal option --`, exit 1; no -t failed/queued, no -v)",
+    "app_version": "Termux:API app: 0.53 (default), 0.51 (selection, sort order, `address`), "
+                   "0.50 (`_id`, but selection ignored), 0.49 (no `_id`, `-t inbox` = all)",
+    "old_version": "alias for the oldest pair: script_version=0.58 app_version=0.49 (an explicit "
+                   "script_version/app_version wins)",
+    "permission_error": "1: every permission a command needs is missing; or a comma-separated "
+                        "list of the missing ones (READ_SMS,SEND_SMS,...): the app prints "
+                        "{\"error\": ...} (indented), exit 0, reads no stdin, writes no row",
     "hang": "1: every termux-* command hangs (child `sleep` waited on); or a comma-separated "
             "list of command names that hang",
     "app_missing": "termux-* commands hang, `pm path com.termux.api` prints nothing, exit 1",
@@ -52,12 +66,24 @@ MODES = {
     "fail_next": "the next N sent rows end as failed",
     "fail_delay": "seconds between the sent row and its update to failed (background)",
     "no_row": "sends write no row at all (a stalled phone: outcome unknown)",
-    "no_sim": "deviceinfo shows sim_state absent; sends fail",
+    "no_sim": "deviceinfo shows sim_state absent; sends fail (with -s SLOT: nothing is sent)",
     "no_operator": "deviceinfo shows an empty network operator; sends fail",
     "sim_slots": "number of SIM slots (default 2); `-s` outside them silently sends nothing",
     "notification_access": "0: termux-notification-list hangs",
     "clock": "ISO 8601 time of the phone's clock (naive means UTC); default: real time",
     "clock_offset": "seconds added to the phone's clock",
+}
+
+SCRIPT_VERSIONS = ("0.58", "0.59")
+APP_VERSIONS = ("0.49", "0.50", "0.51", "0.53")
+DEFAULT_SCRIPT, DEFAULT_APP = (0, 59), (0, 53)
+OLDEST_SCRIPT, OLDEST_APP = (0, 58), (0, 49)
+
+# The permissions each broadcast checks first (TermuxApiReceiver), in the app's order.
+PERMISSIONS = {
+    "termux-sms-list": ("READ_SMS", "READ_CONTACTS"),
+    "termux-sms-send": ("READ_PHONE_STATE", "SEND_SMS"),  # app 0.51+; before: SEND_SMS only
+    "termux-telephony-deviceinfo": ("READ_PHONE_STATE",),
 }
 
 SCHEMA = """
@@ -167,9 +193,11 @@ class Provider:
             os.replace(tmp, self.modes_path)
             return modes
 
-    def log_call(self, name: str, argv: list[str], stdin_len: int | None) -> None:
+    def log_call(self, name: str, argv: list[str], stdin_len: int | None,
+                 start: float | None = None) -> None:
         line = json.dumps({"name": name, "argv": argv, "stdin_len": stdin_len,
-                           "time": time.time(), "pid": os.getpid()})
+                           "time": time.time() if start is None else start,
+                           "pid": os.getpid()})
         with self.locked(), open(self.calls_path, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
@@ -262,8 +290,13 @@ def _print(text: str) -> None:
     sys.stdout.buffer.flush()
 
 
+def _error(text: str) -> None:
+    sys.stderr.buffer.write(text.encode("utf-8"))
+    sys.stderr.buffer.flush()
+
+
 def _print_json(data: Any) -> None:
-    # Termux:API's JsonWriter indents with two spaces.
+    # Termux:API's JsonWriter indents with two spaces and the app adds a newline.
     _print(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -272,15 +305,8 @@ def _local(ms: int) -> str:
     return datetime.fromtimestamp(ms // 1000).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _permission_error(*permissions: str) -> dict[str, str]:
-    plural = "s" if len(permissions) > 1 else ""
-    names = " ,".join(f"android.permission.{p}" for p in permissions)
-    return {"error": f"Please grant the following permission{plural} to use this command: "
-                     f"{names}"}
-
-
 def _hang() -> int:
-    # Like `am broadcast` waiting for an app that never answers.
+    # Like termux-api waiting in accept() for an app that never connects back.
     child = subprocess.Popen(["sleep", "3600"])
     child.wait()
     return 0
@@ -295,189 +321,524 @@ def _hangs(name: str, modes: dict[str, Any]) -> bool:
     return name == "termux-notification-list" and modes.get("notification_access", 1) in (0, False)
 
 
-# commands ---------------------------------------------------------------------------
-def sms_list(p: Provider, argv: list[str], modes: dict[str, Any]) -> int:
+# versions -----------------------------------------------------------------------------
+def parse_version(value: Any) -> tuple[int, ...]:
+    """`0.50.1`, "0.59" or 0.5 (a float from the command line: two decimals) as a tuple."""
+    text = f"{value:.2f}" if isinstance(value, float) else str(value)
+    try:
+        parts = tuple(int(part) for part in text.split("."))
+    except ValueError:
+        raise SystemExit(f"fake termux: not a version: {value!r}") from None
+    return parts
+
+
+def versions(modes: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(script version, app version) of the fake phone."""
     old = bool(modes.get("old_version"))
-    opts: dict[str, Any] = {"limit": 10, "offset": 0, "type": "all", "from": None,
-                            "selection": None, "sort": None, "no_reverse": False,
-                            "conversations": False, "verbose": 0}
-    long_values = {"message-limit": "limit", "message-offset": "offset", "message-type": "type",
-                   "message-address": "from", "message-selection": "selection",
-                   "message-sort-order": "sort", "conversation-limit": None,
-                   "conversation-offset": None, "conversation-selection": None,
-                   "conversation-sort-order": None}
-    long_flags = {"message-return-no-order-reverse": "no_reverse",
-                  "conversation-list": "conversations", "quiet": None, "help": None,
-                  "conversation-return-multiple-messages": None,
-                  "conversation-return-nested-view": None,
-                  "conversation-return-no-order-reverse": None}
-    short_values = {"l": "limit", "o": "offset", "t": "type", "f": "from"}
+    script = modes.get("script_version")
+    app = modes.get("app_version")
+    return (parse_version(script) if script is not None else OLDEST_SCRIPT if old
+            else DEFAULT_SCRIPT,
+            parse_version(app) if app is not None else OLDEST_APP if old else DEFAULT_APP)
+
+
+def missing_permissions(name: str, modes: dict[str, Any],
+                        app: tuple[int, ...] = DEFAULT_APP) -> list[str]:
+    """The permissions `name`'s broadcast needs that mode `permission_error` takes away."""
+    needed = PERMISSIONS.get(name, ())
+    if name == "termux-sms-send" and app < (0, 51):
+        needed = ("SEND_SMS",)
+    denied = modes.get("permission_error")
+    if denied in (None, False, 0, "", "0"):
+        return []
+    if denied is True or denied == 1 or denied == "1":
+        return list(needed)
+    names = {item.strip().rsplit(".", 1)[-1] for item in str(denied).split(",")}
+    return [n for n in needed if n in names]
+
+
+def _permission_error(permissions: list[str]) -> dict[str, str]:
+    # TermuxApiPermissionActivity: one entry per missing permission, joined by " ,".
+    plural = "s" if len(permissions) > 1 else ""
+    names = " ,".join(f"android.permission.{p}" for p in permissions)
+    return {"error": f"Please grant the following permission{plural} to use this command: "
+                     f"{names}"}
+
+
+# the shell and `am` between a script and the app --------------------------------------------
+def getopts(argv: list[str], optstring: str) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """POSIX `getopts` in silent mode (`optstring` starts with ":"), as bash and dash run it.
+
+    Returns the (option, value) events in order and the arguments left after the options:
+    an unknown option is ("?", char), a missing value (":", char). Options end at `--`
+    (consumed), `-` or the first word not starting with "-".
+    """
+    events: list[tuple[str, str | None]] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            if name in long_values:
-                if not eq:
-                    i += 1
-                    if i >= len(argv):
-                        _print(f"termux-sms-list: option --{name} needs a value\n")
-                        return 1
-                    value = argv[i]
-                key = long_values[name]
-                # An old Termux:API app ignores the extras it does not know.
-                if key and not (old and key in ("selection", "sort")):
-                    opts[key] = value
-            elif name in long_flags:
-                key = long_flags[name]
-                if key:
-                    opts[key] = True
-            else:
-                _print(f"termux-sms-list: illegal option --{name}\n")
-                return 1
-        elif arg.startswith("-") and len(arg) > 1:
-            j = 1
-            while j < len(arg):
-                ch = arg[j]
-                if ch in short_values:
-                    value = arg[j + 1:]
-                    if not value:
-                        i += 1
-                        if i >= len(argv):
-                            _print(f"termux-sms-list: option requires an argument -{ch}\n")
-                            return 1
-                        value = argv[i]
-                    opts[short_values[ch]] = value
-                    break
-                if ch == "v":
-                    opts["verbose"] += 1
-                elif ch == "c":
-                    opts["conversations"] = True
-                elif ch not in "dnhq":
-                    _print(f"termux-sms-list: illegal option -{ch}\n")
-                    return 1
+        if arg == "--":
+            i += 1
+            break
+        if len(arg) < 2 or arg[0] != "-":
+            break
+        j = 1
+        while j < len(arg):
+            ch = arg[j]
+            k = optstring.find(ch, 1)
+            if ch == ":" or k < 0:
+                events.append(("?", ch))
                 j += 1
-        else:
-            _print("termux-sms-list: too many arguments\n")
-            return 1
+                continue
+            if optstring[k + 1:k + 2] == ":":
+                if j + 1 < len(arg):
+                    events.append((ch, arg[j + 1:]))
+                elif i + 1 < len(argv):
+                    i += 1
+                    events.append((ch, argv[i]))
+                else:
+                    events.append((":", ch))
+                break
+            events.append((ch, None))
+            j += 1
         i += 1
-    if opts["type"] not in (OLD_LIST_TYPES if old else LIST_TYPES):
-        supported = "|".join(OLD_LIST_TYPES if old else LIST_TYPES)
-        _print(f"termux-sms-list: Unsupported type '{opts['type']}'. Use one of: {supported}\n")
+    return events, argv[i:]
+
+
+def java_decode(text: str) -> int | None:
+    """Java's Integer.decode (what `am` applies to an `--ei` value), or None if it throws."""
+    sign, rest = (-1, text[1:]) if text[:1] == "-" else (1, text[1:] if text[:1] == "+" else text)
+    if rest[:2] in ("0x", "0X"):
+        radix, digits = 16, rest[2:]
+    elif rest[:1] == "#":
+        radix, digits = 16, rest[1:]
+    elif rest[:1] == "0" and len(rest) > 1:
+        radix, digits = 8, rest[1:]
+    else:
+        radix, digits = 10, rest
+    if not digits:
+        return None
+    value = 0
+    for ch in digits:  # Character.digit: any Unicode decimal digit, Latin letters for hex
+        digit = (unicodedata.decimal(ch, -1) if radix != 16 or not ch.isascii()
+                 or not ch.isalpha() else int(ch, 16) if ch in "abcdefABCDEF" else -1)
+        if not 0 <= digit < radix:
+            return None
+        value = value * radix + digit
+    value *= sign
+    return value if -2**31 <= value < 2**31 else None
+
+
+def _am_fails(reason: str) -> None:
+    """`am broadcast` rejects its arguments: it complains on stderr, nothing connects back,
+    and termux-api waits for ever."""
+    _error(f"Exception occurred while executing 'broadcast':\n{reason}\n")
+
+
+def _int_extra(words: list[str], name: str) -> int | str:
+    """The int `am` makes of the words a script put after `--ei NAME`, or why it fails."""
+    if len(words) != 1:
+        return f"java.lang.IllegalArgumentException: bad value for --ei {name}: {words!r}"
+    value = java_decode(words[0])
+    if value is None:
+        return f'java.lang.NumberFormatException: For input string: "{words[0]}"'
+    return value
+
+
+def dash_echo(args: list[str]) -> str:
+    """What `echo "$@"` prints under dash (Termux's sh): a first `-n` drops the newline,
+    backslash escapes are interpreted and `\\c` stops everything."""
+    newline = True
+    if args and args[0] == "-n":
+        newline, args = False, args[1:]
+    text = " ".join(args)
+    escapes = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
+               "\\": "\\"}
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "c":
+                return "".join(out)
+            if nxt in escapes:
+                out.append(escapes[nxt])
+                i += 2
+                continue
+            if nxt == "0":
+                j = i + 2
+                while j < len(text) and j < i + 5 and text[j] in "01234567":
+                    j += 1
+                out.append(chr(int(text[i + 2:j] or "0", 8) & 0xFF))
+                i = j
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out) + ("\n" if newline else "")
+
+
+class Call:
+    """One invocation: logged once (before any side effect), and its way to the app."""
+
+    def __init__(self, p: Provider, name: str, argv: list[str]) -> None:
+        self.p, self.name, self.argv = p, name, argv
+        self.start = time.time()
+        self.logged = False
+
+    def log(self, stdin_len: int | None = None) -> None:
+        if not self.logged:
+            self.logged = True
+            self.p.log_call(self.name, self.argv, stdin_len, self.start)
+
+    def broadcast(self, modes: dict[str, Any], am_error: str | None = None) -> None:
+        """termux-api runs `am broadcast` and waits for the app: hang (mode, or `am`
+        refusing its arguments) or wait the mode's latency."""
+        if am_error is not None or _hangs(self.name, modes):
+            self.log()
+            if am_error is not None:
+                _am_fails(am_error)
+            _hang()
+            raise SystemExit(0)
+        if modes.get("latency"):
+            time.sleep(float(modes["latency"]))
+
+
+# termux-sms-list ----------------------------------------------------------------------------
+LIST_NAME = "termux-sms-list"
+LOG_LEVEL_ENV = "TERMUX_API__LOG_LEVEL"
+HELP_059 = """termux-sms-list command lists SMS conversations and messages.
+
+Usage:
+    termux-sms-list [command_options]
+
+Available command_options:
+    [ -h | --help ]  [ -q | --quiet ]  [ -v | -vv ... ]  [ -c | --conversation-list ]
+    [ --conversation-limit=<limit> ]  [ --conversation-offset=<offset> ]
+    [ --conversation-return-multiple-messages ]  [ --conversation-return-nested-view ]
+    [ --conversation-return-no-order-reverse ]  [ --conversation-selection=<selection> ]
+    [ --conversation-sort-order=<order> ]  [ -f address | --message-address=<address> ]
+    [ -l limit | --message-limit=<limit> ]  [ -o offset | --message-offset=<offset> ]
+    [ --message-return-no-order-reverse ]  [ --message-selection=<selection> ]
+    [ --message-sort-order=<order> ]  [ -t type | --message-type=<type> ]
+    (fake termux-api: the real help is longer)
+"""
+HELP_058 = """Usage: termux-sms-list [-d] [-l limit] [-n] [-o offset] [-t type] [-c] [-f number]
+List SMS messages.
+  -l limit   limit in retrieved sms list (default: 10)
+  -o offset  offset in sms list (default: 0)
+  -t type    the type of messages to list (default: all):
+             all|inbox|sent|draft|outbox
+  -c         conversation list (unique item per conversation)
+  -f number  the number for locate messages
+  -n         (obsolete) show phone numbers
+  -d         (obsolete) show dates when messages were created
+"""
+# Long options of the 0.59 script: flags, and options that take `=value`.
+LONG_FLAGS_059 = {"quiet": None, "conversation-list": "conversation-list",
+                  "conversation-return-multiple-messages": None,
+                  "conversation-return-nested-view": None,
+                  "conversation-return-no-order-reverse": None,
+                  "message-return-no-order-reverse": "message-return-no-order-reverse"}
+LONG_VALUES_059 = {"conversation-limit": None, "conversation-offset": None,
+                   "conversation-selection": None, "conversation-sort-order": None,
+                   "message-address": "f", "message-limit": "l", "message-offset": "o",
+                   "message-selection": "message-selection",
+                   "message-sort-order": "message-sort-order", "message-type": "t"}
+
+
+def _list_script_059(argv: list[str]) -> tuple[dict[str, Any], int] | int:
+    """The bash script of package 0.59: the extras for the app and the log level, or the
+    exit status of an argument error (already printed)."""
+    level_text = os.environ.get(LOG_LEVEL_ENV, "")
+    level = int(level_text) if level_text.isdigit() and int(level_text) <= 5 else 1
+    values: dict[str, Any] = {"l": "10", "o": "0", "t": "all"}
+
+    def usage_error(text: str) -> int:
+        _error(f"{LIST_NAME}: {text}\n")
+        _print(HELP_059)
+        return 64
+
+    events, rest = getopts(argv, ":hqvcdf:l:no:t:-:")
+    for opt, arg in events:
+        if opt == "-":
+            assert arg is not None
+            name, eq, value = arg.partition("=")
+            if arg == "help":
+                _print(HELP_059)
+                return 0
+            if arg in LONG_FLAGS_059:
+                if arg == "quiet":
+                    level = 0
+                elif LONG_FLAGS_059[arg]:
+                    values[LONG_FLAGS_059[arg]] = True
+            elif name in LONG_VALUES_059 and not (eq and value):
+                _error(f"{LIST_NAME}: No argument set for arg option '--{name}'.\n")
+                return 64
+            elif name in LONG_VALUES_059:
+                key = LONG_VALUES_059[name]
+                if key:
+                    values[key] = value
+            else:
+                return usage_error(f"Unknown option: '--{arg}'.")
+        elif opt == "h":
+            _print(HELP_059)
+            return 0
+        elif opt == "q":
+            level = 0
+        elif opt == "v":
+            if level >= 5:
+                _error(f"{LIST_NAME}: Invalid option, max log level is 5.\n")
+                return 64
+            level += 1
+        elif opt == "c":
+            values["conversation-list"] = True
+        elif opt in "flot" and arg is not None:
+            values[opt] = arg
+        elif opt == ":":
+            return usage_error(f"No argument passed for arg option '-{arg}'.")
+        elif opt == "?":
+            return usage_error(f"Unknown option: '-{arg}'.")
+        # -d and -n: obsolete extras the app no longer reads
+    if rest:
+        # The script calls a function it never defined.
+        _error(f"/data/data/com.termux/files/usr/bin/{LIST_NAME}: line 377: "
+               "logger__log_error: command not found\n")
+        return 64
+    kind = values["t"]
+    if kind not in LIST_TYPES:
+        _error(f"{LIST_NAME}: Unsupported message type '{kind}'. It must one of following: "
+               f"{'|'.join(LIST_TYPES)}\n")
         return 1
-    try:
-        limit, offset = int(opts["limit"]), int(opts["offset"])
-    except ValueError:
-        _print("termux-sms-list: limit and offset must be integers\n")
+    extras: dict[str, Any] = {"limit": [values["l"]], "offset": [values["o"]],
+                              "type": [str(LIST_TYPES[kind])]}
+    for key, extra in (("message-selection", "message-selection"), ("f", "from"),
+                       ("message-sort-order", "message-sort-order")):
+        if values.get(key):
+            extras[extra] = values[key]
+    for flag in ("conversation-list", "message-return-no-order-reverse"):
+        if values.get(flag):
+            extras[flag] = True
+    return extras, level
+
+
+def _list_script_058(argv: list[str]) -> tuple[dict[str, Any], int] | int:
+    """The dash script of package 0.58 (getopts, no long options, errors on stdout, exit 1)."""
+    values: dict[str, Any] = {"l": "10", "o": "0", "t": "all"}
+    conversation = False
+    events, rest = getopts(argv, ":hdl:t:f:cno:")
+    for opt, arg in events:
+        if opt == "h":
+            _print(HELP_058)
+            return 0
+        if opt in "?:":
+            # `?)` in the script's case also catches getopts' ":" (a missing value).
+            _print(f"{LIST_NAME}: illegal option -{arg}\n")
+            return 1
+        if opt == "c":
+            conversation = True
+        elif opt in "lotf" and arg is not None:
+            values[opt] = arg
+    if rest:
+        _print(f"{LIST_NAME}: too many arguments\n")
         return 1
-    if opts["verbose"]:
-        # The real one prints its log lines on stdout, before the JSON.
-        _print(f"[DEBUG] termux-api SmsInbox: limit={limit} offset={offset}\n")
-    if modes.get("permission_error"):
-        _print_json(_permission_error("READ_SMS", "READ_CONTACTS"))
+    kind = values["t"]
+    if kind not in OLD_LIST_TYPES:
+        _print(f"{LIST_NAME}: Unsupported type '{kind}'. Use one of: "
+               f"{'|'.join(OLD_LIST_TYPES)}\n")
+        return 1
+    # PARAMS is pasted unquoted: every value is split into words.
+    extras: dict[str, Any] = {"offset": values["o"].split(), "limit": values["l"].split(),
+                              "type": [str(LIST_TYPES[kind])]}
+    if "f" in values:
+        words = values["f"].split()
+        extras["from"] = words[0] if len(words) == 1 else words
+    if conversation:
+        extras["conversation-list"] = True
+    return extras, 1
+
+
+def sms_list(p: Provider, call: Call, argv: list[str], modes: dict[str, Any]) -> int:
+    script, app = versions(modes)
+    call.log()
+    parsed = (_list_script_059 if script >= (0, 59) else _list_script_058)(argv)
+    if isinstance(parsed, int):
+        return parsed
+    extras, level = parsed
+    if level >= 2:
+        # The 0.59 script's log lines go to stdout, around the JSON.
+        args: list[str] = []
+        for key, value in extras.items():
+            if isinstance(value, list):
+                args += ["--ei", key, *value]
+            else:
+                args += ["--ez", key, "true"] if value is True else ["--es", key, str(value)]
+        words = " ".join(f"`{w}`" for w in args)
+        _print(f"{LIST_NAME}: Running command\n{LIST_NAME}: termux-api SmsInbox {words}\n")
+    # `am` turns the words into extras.
+    am_error = None
+    for key in ("limit", "offset", "type"):
+        value = _int_extra(extras[key], key)
+        if isinstance(value, str):
+            am_error = am_error or value
+        else:
+            extras[key] = value
+    if isinstance(extras.get("from"), list):
+        am_error = am_error or f"java.lang.IllegalArgumentException: bad --es from {extras['from']}"
+    call.broadcast(modes, am_error)
+    status = sms_inbox_app(p, extras, modes, app)
+    if level >= 2:
+        _print(f"{LIST_NAME}: Command successful\n")
+    return status
+
+
+def sms_inbox_app(p: Provider, extras: dict[str, Any], modes: dict[str, Any],
+                  app: tuple[int, ...]) -> int:
+    """SmsInboxAPI of the Termux:API app `app` answering the broadcast `extras`."""
+    missing = missing_permissions(LIST_NAME, modes, app)
+    if missing:
+        _print_json(_permission_error(missing))
         return 0
-    if opts["conversations"]:
+    if extras.get("conversation-list"):
         _print_json([])  # conversation mode is not modelled
         return 0
-
-    where: list[str] = []
+    limit, offset, kind = extras["limit"], extras["offset"], extras["type"]
     params: list[Any] = []
-    kind = LIST_TYPES[opts["type"]] if opts["from"] is None else 0
-    if kind in (INBOX, SENT, DRAFT, OUTBOX):  # failed/queued have no URI: all rows (the bug)
-        where.append(f"type = {kind}")
-    if opts["selection"]:
-        where.append(f"({opts['selection']})")
-    elif opts["from"]:
-        where.append("address LIKE ?")
-        params.append(opts["from"])
-    sql = "SELECT * FROM sms"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY {opts['sort'] or 'date DESC'} LIMIT {limit} OFFSET {offset}"
+    if app >= (0, 51):
+        address = extras.get("from") or None
+        selection = extras.get("message-selection") or None
+        if selection is None and address is not None:
+            selection, params = "address LIKE ?", [address]  # exact: no wildcards added
+        sort = extras.get("message-sort-order") or "date DESC"
+        sort += (f" LIMIT {limit}" if limit >= 0 else "") + (
+            f" OFFSET {offset}" if offset >= 0 else "")
+        reverse = not extras.get("message-return-no-order-reverse")
+    else:
+        # Before 0.51: no selection, sort order nor order switch; `from` is pasted into a
+        # LIKE '%...%' (always, empty or not).
+        address = extras.get("from") or None
+        selection = f"address LIKE '%{address or ''}%'"
+        sort = f"date DESC LIMIT + {limit} OFFSET {offset}"
+        reverse = True
+    uri = kind if address is None else 0
+    if uri == INBOX and app < (0, 50):
+        uri = 0  # no inbox URI before 0.50: `-t inbox` lists every row
+    where = [f"type = {uri}"] if uri in (INBOX, SENT, DRAFT, OUTBOX) else []  # failed/queued: all
+    if selection:
+        where.append(f"({selection})")
+    sql = "SELECT * FROM sms" + (" WHERE " + " AND ".join(where) if where else "")
+    sql += f" ORDER BY {sort}"
     try:
         with p.db() as conn:
             found = conn.execute(sql, params).fetchall()
-            items = [_list_item(p, conn, row, old) for row in found]
+            items = [_list_item(p, conn, row, app) for row in found]
     except sqlite3.Error as exc:
-        # The app fails inside the query and answers nothing.
-        sys.stderr.write(f"fake termux-api: {exc}\n")
+        # The query throws inside the app: it is logged there and nothing is answered.
+        _error(f"fake termux-api: {exc}\n")
         return 0
-    if not opts["no_reverse"]:
-        items.reverse()
+    if reverse:
+        items.reverse()  # Cursor.moveToLast()/moveToPrevious(), whatever the sort order
     _print_json(items)
     return 0
 
 
 def _list_item(p: Provider, conn: sqlite3.Connection, row: sqlite3.Row,
-               old: bool) -> dict[str, Any]:
+               app: tuple[int, ...]) -> dict[str, Any]:
     kind = TYPE_NAMES.get(row["type"], "")
     item: dict[str, Any] = {"threadid": row["thread_id"], "type": kind,
                             "read": bool(row["read"])}
     name = p.contact_name(conn, row["address"])
     if name is not None:
-        item["sender"] = name if kind == "inbox" else "You"
-    if not old:
+        item["sender"] = name if kind == "inbox" or app < (0, 50) else "You"
+    if app >= (0, 51):
         item["address"] = row["address"]
     item["number"] = row["address"]
     item["received"] = _local(row["date"])
     item["body"] = row["body"]
-    if not old:
+    if app >= (0, 50):
         item["_id"] = row["_id"]
     return item
 
 
-def sms_send(p: Provider, argv: list[str], text: str, modes: dict[str, Any]) -> int:
-    recipients: list[str] = []
-    slot: int | None = None
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            rest = argv[i + 1:]
-            break
-        if not arg.startswith("-") or arg == "-":
-            rest = argv[i:]
-            break
-        ch, value = arg[1], arg[2:]
-        if ch == "h":
-            _print("Usage: termux-sms-send -n number[,number2,number3,...] [-s slot] [text]\n")
+# termux-sms-send ----------------------------------------------------------------------------
+SEND_NAME = "termux-sms-send"
+SEND_USAGE = """Usage: termux-sms-send -n number[,number2,number3,...] [-s slot] [text]
+Send a SMS message to the specified recipient number(s). The text to send is either \
+supplied as arguments or read from stdin if no arguments are given.
+  -n number(s)  recipient number(s) - separate multiple numbers by commas
+  -s slot       sim slot to use - silently fails if slot number is invalid or if missing \
+READ_PHONE_STATE permission
+"""
+
+
+def sms_send(p: Provider, call: Call, argv: list[str], modes: dict[str, Any]) -> int:
+    """The dash script (the same in 0.58 and 0.59), `am`, then SmsSendAPI."""
+    _, app = versions(modes)
+    recipients: str | None = None
+    slot: str | None = None
+    events, rest = getopts(argv, ":hn:s:")
+    for opt, arg in events:
+        if opt == "h":
+            call.log()
+            _print(SEND_USAGE)
             return 0
-        if ch not in "ns":
-            _print(f"termux-sms-send: illegal option -{ch}\n")
-            return 1
-        if not value:
-            i += 1
-            if i >= len(argv):
-                _print(f"termux-sms-send: option requires an argument -{ch}\n")
-                return 1
-            value = argv[i]
-        if ch == "n":
-            recipients = value.split(",")
+        if opt == "n":
+            recipients = arg
+        elif opt == "s":
+            slot = arg
         else:
-            try:
-                slot = int(value)
-            except ValueError:
-                slot = -2  # `am` refuses it; nothing is sent
-        i += 1
-    if not recipients:
-        _print("termux-sms-send: no recipient number given\n")
+            call.log()
+            _print(f"{SEND_NAME}: illegal option -{arg}\n")
+            return 1
+    if recipients is None:
+        call.log()
+        _print(f"{SEND_NAME}: no recipient number given\n")
         return 1
+    # `--esa recipients $OPTARG` and `--ei slot $OPTARG` are pasted unquoted.
+    am_error = None
+    words = recipients.split()
+    if len(words) != 1:
+        am_error = f"java.lang.IllegalArgumentException: bad --esa recipients {words!r}"
+    slot_number = -1
+    if slot is not None:
+        value = _int_extra(slot.split(), "slot")
+        if isinstance(value, str):
+            am_error = am_error or value
+        else:
+            slot_number = value
+    call.broadcast(modes, am_error)
+    missing = missing_permissions(SEND_NAME, modes, app)
+    if missing:
+        call.log()  # the app answers without ever connecting to read stdin
+        _print_json(_permission_error(missing))
+        return 0
     if rest:
-        text = " ".join(rest) + "\n"  # echo "$@" | termux-api SmsSend
-    if modes.get("permission_error"):
-        _print_json(_permission_error("SEND_SMS"))
-        return 0
-    body = java_trim(text)
+        text = dash_echo(rest)  # echo "$@" | termux-api SmsSend: our stdin is never read
+        call.log()
+    else:
+        text = "" if sys.stdin is None or sys.stdin.isatty() else \
+            sys.stdin.buffer.read().decode("utf-8", "replace")
+        call.log(len(text))
+    return _send_app(p, words[0].split(","), slot_number, java_trim(text), modes, app)
+
+
+def _send_app(p: Provider, recipients: list[str], slot: int, body: str,
+              modes: dict[str, Any], app: tuple[int, ...]) -> int:
+    if slot != -1:  # getSmsManager(): the active subscription in that slot, or nothing
+        if app < (0, 51) and "READ_PHONE_STATE" in missing_permissions(
+                "termux-telephony-deviceinfo", modes):
+            return 0  # SecurityException from getActiveSubscriptionInfoList()
+        if modes.get("no_sim") or not 0 <= slot < int(modes.get("sim_slots", 2)):
+            return 0  # "Sim slot N not found": silently nothing
     if not body or modes.get("no_row"):
-        return 0
-    if slot is not None and not 0 <= slot < int(modes.get("sim_slots", 2)):
-        return 0  # "silently fails if slot number is invalid"
+        return 0  # divideMessage("") throws "Invalid message body"; the app swallows it
     flips: list[int] = []
     with p.locked():
         modes = p.modes()
         fail_next = int(modes.get("fail_next", 0))
         for number in recipients:
+            if not number:
+                break  # "Invalid destinationAddress" ends the loop
             failing = bool(modes.get("radio_off") or modes.get("no_sim")
                            or modes.get("no_operator") or fail_next > 0)
             if fail_next > 0:
@@ -501,6 +862,7 @@ def sms_send(p: Provider, argv: list[str], text: str, modes: dict[str, Any]) -> 
     return 0
 
 
+# other commands -----------------------------------------------------------------------------
 def deviceinfo(modes: dict[str, Any]) -> dict[str, Any]:
     no_sim = bool(modes.get("no_sim"))
     # With the radio off (airplane mode) the phone is registered on no network.
@@ -566,7 +928,9 @@ def control(p: Provider, argv: list[str]) -> int:
             if item == "--clear":
                 continue
             key, _, value = item.partition("=")
-            changes[key] = parse_value(value) if value else None
+            # A version stays a string: 0.50 is not 0.5.
+            changes[key] = (value if key.endswith("_version") else parse_value(value)) \
+                if value else None
         _print_json(p.set_modes(changes, clear=clear))
     elif cmd == "receive" and len(args) == 2:
         _print(f"{p.add_row(INBOX, args[0], args[1], at)}\n")
@@ -609,6 +973,8 @@ def android_settings(argv: list[str], modes: dict[str, Any]) -> int:
     return 0
 
 
+
+
 def main(name: str, argv: list[str]) -> int:
     """Run the fake command `name` (the executable's basename) with `argv`."""
     root = os.environ.get(ENV_DIR)
@@ -618,33 +984,34 @@ def main(name: str, argv: list[str]) -> int:
     p = Provider(root)
     if name == "fake-termux":
         return control(p, argv)
-    text = ""
-    stdin_len = None
-    if name == "termux-sms-send" and not sys.stdin.isatty():
-        text = sys.stdin.buffer.read().decode("utf-8", "replace")
-        stdin_len = len(text)
-    p.log_call(name, argv, stdin_len)
-    modes = p.modes()
-    if name.startswith("termux-"):
-        if _hangs(name, modes):
-            return _hang()
-        if modes.get("latency"):
-            time.sleep(float(modes["latency"]))
-    if name == "termux-sms-list":
-        return sms_list(p, argv, modes)
-    if name == "termux-sms-send":
-        return sms_send(p, argv, text, modes)
-    if name == "termux-telephony-deviceinfo":
-        _print_json(deviceinfo(modes))
+    call = Call(p, name, argv)
+    try:
+        modes = p.modes()
+        if name == LIST_NAME:
+            return sms_list(p, call, argv, modes)
+        if name == SEND_NAME:
+            return sms_send(p, call, argv, modes)
+        call.log()
+        if name == "pm":
+            return pm(argv, modes)
+        if name == "settings":
+            return android_settings(argv, modes)
+        if not name.startswith("termux-"):
+            sys.stderr.write(f"fake termux: unknown command {name}\n")
+            return 127
+        call.broadcast(modes)
+        _, app = versions(modes)
+        missing = missing_permissions(name, modes, app)
+        if missing:
+            _print_json(_permission_error(missing))
+            return 0
+        if name == "termux-telephony-deviceinfo":
+            _print_json(deviceinfo(modes))
+        elif name == "termux-notification-list":
+            _print_json(notification_list(p))
+        elif name != "termux-wake-lock":
+            sys.stderr.write(f"fake termux: unknown command {name}\n")
+            return 127
         return 0
-    if name == "termux-notification-list":
-        _print_json(notification_list(p))
-        return 0
-    if name == "termux-wake-lock":
-        return 0
-    if name == "pm":
-        return pm(argv, modes)
-    if name == "settings":
-        return android_settings(argv, modes)
-    sys.stderr.write(f"fake termux: unknown command {name}\n")
-    return 127
+    finally:
+        call.log()
