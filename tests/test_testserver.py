@@ -567,7 +567,8 @@ def test_set_fault_validates(app: ReferenceWebapp) -> None:
 
 def test_every_documented_kind_is_tested() -> None:
     tested = {"status", "html", "malformed", "wrong_types", "slow", "timeout", "reset",
-              "huge", "gzip_bomb", "redirect_loop"}
+              "huge", "gzip_bomb", "redirect_loop",
+              "bad_entry"}  # in test_testserver_flavours.py, for every flavour
     assert set(FAULT_KINDS) == tested
 
 
