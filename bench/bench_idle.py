@@ -34,7 +34,7 @@ from benchlib import (
     wait_until,
 )
 
-import smsgw.store
+import smsgw.store.storage
 from smsgw.config import Settings
 from smsgw.gateway import Gateway
 from smsgw.phone.simulated import SimulatedPhone
@@ -110,7 +110,7 @@ def inprocess_idle(work: Path, cycles: int, profile_cycles: int) -> dict[str, An
         wall = (time.perf_counter() - wall0) / (cycles - 1)
         hwm = proc_status_kb("VmHWM")
         with Counting(os, "fsync") as fsyncs, \
-                Counting(smsgw.store, "atomic_write_text") as writes:
+                Counting(smsgw.store.storage, "atomic_write_text") as writes:
             for _ in range(100):
                 gateway.cycle()
         prof = cProfile.Profile()

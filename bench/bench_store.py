@@ -33,7 +33,7 @@ from benchlib import (
 
 from smsgw.config import Settings
 from smsgw.gateway import Gateway
-from smsgw.models import HistoryEntry, Outgoing, OutState, Part, PartState, to_iso
+from smsgw.models import HistoryEntry, Outgoing, OutState, Part, PartState, RateLog
 from smsgw.phone.simulated import SimulatedPhone
 from smsgw.store import Store
 
@@ -84,7 +84,7 @@ def add_active(store: Store, count: int, pending: bool) -> None:
                                history=[HistoryEntry("UNSENT", NOW)])
             u.add(msg)
         if not pending:
-            u.set_meta("send_log", [[to_iso(NOW), 30]])  # the default budget is spent
+            u.rate_log = RateLog(((NOW, 30),))  # the default budget is spent
 
 
 def cycle_times(stores: list[Store], cycles: int, profile: bool = False,

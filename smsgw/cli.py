@@ -11,14 +11,14 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime, timezone
 from typing import Any
 
 import click
 
 from . import __version__
+from .actions import fmt_time
 from .config import Paths, Settings, default_paths, load_settings, redact_url, scrub
-from .errors import Error, ExitCode, UserError
+from .errors import Error, ExitCode, InternalError, UserError
 
 logger = logging.getLogger("smsgw")
 
@@ -30,6 +30,7 @@ class Ctx:
         self.debug = debug
         self.paths: Paths = default_paths()
         self._settings: Settings | None = None
+        self._store: Any = None
 
     @property
     def settings(self) -> Settings:
@@ -38,10 +39,13 @@ class Ctx:
         return self._settings
 
     def store(self) -> Any:
-        from .store import Store
+        """The one Store of this process."""
+        if self._store is None:
+            from .store import Store
 
-        self.paths.ensure()
-        return Store(self.paths.state_dir, retention_days=self.settings.retention_days)
+            self.paths.ensure()
+            self._store = Store(self.paths.state_dir, retention_days=self.settings.retention_days)
+        return self._store
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -89,20 +93,6 @@ def setup_logging(paths: Paths, debug: bool, console: bool, url: str | None) -> 
         h.setFormatter(fmt)
         h.addFilter(secret_filter)
         root.addHandler(h)
-
-
-def fmt_time(iso: str | None, now: datetime | None = None) -> str:
-    """A stored time for people: local-free UTC, with how long ago."""
-    if not iso:
-        return "never"
-    dt = datetime.fromisoformat(iso)
-    text = dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if now is not None:
-        secs = int((now - dt).total_seconds())
-        ago = f"{secs}s" if abs(secs) < 120 else f"{secs // 60} min" if abs(secs) < 7200 \
-            else f"{secs // 3600} h"
-        text += f" ({ago} ago)" if secs >= 0 else f" (in {ago.lstrip('-')})"
-    return text
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -245,80 +235,10 @@ def status(c: Ctx, as_json: bool) -> None:
 
     Exit status: 0 healthy, 3 daemon not running, 4 last exchange with the webapp failed.
     """
-    from .daemon import daemon_running
+    from . import actions
     from .models import utcnow
 
-    now = utcnow()
-    info = daemon_running(c.paths)
-    summary = c.store().summary(now)
-    s = c.settings
-    last_ok, last_err = summary["last_exchange_ok"], summary["last_error"]
-    failing = bool(last_err and (not last_ok or last_err["at"] > last_ok))
-    code = ExitCode.DAEMON_DOWN if not info else ExitCode.WEBAPP_FAILING if failing \
-        else ExitCode.OK
-    data = {
-        "healthy": code == ExitCode.OK,
-        "exit_code": int(code),
-        "daemon": {"running": bool(info), "pid": (info or {}).get("pid"),
-                   "since": (info or {}).get("started")},
-        "webapp": {"url": redact_url(s.url), "last_exchange_ok": last_ok,
-                   "last_error": last_err, "failing": failing,
-                   "consecutive_failures": summary["webapp_failures"]},
-        "queues": {"outgoing": summary["outgoing"], "incoming": summary["incoming"],
-                   "updates_queued": summary["updates_queued"],
-                   "oldest_waiting": summary["oldest_waiting"],
-                   "next_retry": summary["next_retry"]},
-        "last_failures": summary["last_failures"],
-        "phone": {"last_error": summary["phone_error"],
-                  "notification_watcher": summary["watcher"]},
-        "rate": {"parts_last_minute": summary["parts_last_minute"],
-                 "max_parts_per_minute": s.max_parts_per_minute},
-    }
-    text = json.dumps(data, indent=2) if as_json else _status_text(data, now)
-    click.echo(scrub(text, s.url))
-    sys.exit(int(code))
-
-
-def _status_text(d: dict[str, Any], now: datetime) -> str:
-    lines = []
-    dmn = d["daemon"]
-    lines.append(f"daemon:        running (pid {dmn['pid']}, since {fmt_time(dmn['since'], now)})"
-                 if dmn["running"] else "daemon:        NOT RUNNING (start it: smsgw run, or "
-                 "sv up smsgw)")
-    w = d["webapp"]
-    lines.append(f"webapp:        {w['url'] or 'not configured (smsgw config --url URL)'}")
-    lines.append(f"last exchange: {fmt_time(w['last_exchange_ok'], now)}")
-    if w["last_error"]:
-        err = w["last_error"]
-        said = f" — webapp said: {err['message']}" if err.get("message") else ""
-        mark = "FAILING" if w["failing"] else "earlier"
-        lines.append(f"last error:    [{mark}] {fmt_time(err['at'], now)}: {err['text']}{said}")
-    q = d["queues"]
-    out = ", ".join(f"{k} {v}" for k, v in q["outgoing"].items() if v) or "empty"
-    lines.append(f"outgoing:      {out}")
-    inc = q["incoming"]
-    lines.append(f"incoming:      {inc.get('WAITING', 0)} waiting for the webapp; "
-                 f"{q['updates_queued']} status updates queued")
-    if q["oldest_waiting"]:
-        o = q["oldest_waiting"]
-        lines.append(f"oldest unsent: {o['id']} to {o['to']} since {fmt_time(o['since'], now)}")
-    if q["next_retry"]:
-        lines.append(f"next retry:    {fmt_time(q['next_retry'], now)}")
-    r = d["rate"]
-    lines.append(f"rate:          {r['parts_last_minute']}/{r['max_parts_per_minute']} SMS parts "
-                 "in the last minute")
-    p = d["phone"]
-    if p["last_error"]:
-        lines.append(f"phone error:   {fmt_time(p['last_error']['at'], now)}: "
-                     f"{p['last_error']['text']}")
-    if p["notification_watcher"]:
-        lines.append(f"notifications: {p['notification_watcher']}")
-    if d["last_failures"]:
-        lines.append("recent failures:")
-        for f in d["last_failures"][-5:]:
-            lines.append(f"  {f['id']}  to {f['to']}: {f['reason']}")
-    lines.append("status:        " + ("healthy" if d["healthy"] else "UNHEALTHY"))
-    return "\n".join(lines)
+    _print(actions.status(c.paths, c.settings, c.store(), utcnow(), as_json))
 
 
 # messages --------------------------------------------------------------------
@@ -331,11 +251,8 @@ def messages(c: Ctx, state_filter: str | None, limit: int, as_json: bool) -> Non
     """List messages from the webapp and SMS to the webapp, with their history."""
     from .models import utcnow
 
-    out, incoming = c.store().messages(utcnow(), limit)
-    if state_filter:
-        want = state_filter.upper()
-        out = [m for m in out if m.state.value == want]
-        incoming = [m for m in incoming if m.state.value == want]
+    listing = c.store().messages(utcnow(), limit, state_filter.upper() if state_filter else None)
+    out, incoming = listing.outgoing, listing.incoming
     if as_json:
         click.echo(json.dumps({"from_webapp": [m.to_dict() for m in out],
                                "to_webapp": [m.to_dict() for m in incoming]}, indent=2))
@@ -346,9 +263,13 @@ def messages(c: Ctx, state_filter: str | None, limit: int, as_json: bool) -> Non
         reason = f" ({m.reason})" if m.reason else ""
         click.echo(f"  {m.id}  to {m.to}  {m.state.value}{reason}  retries {m.retries}")
         click.echo(f"      {history}   {m.content[:60]!r}")
+    if listing.more_outgoing:
+        click.echo(f"  ... and {listing.more_outgoing} more (--limit)")
     click.echo(f"To webapp ({len(incoming)}):")
     for i in incoming:
         click.echo(f"  {i.id}  from {i.from_}  {i.state.value}  {i.content[:60]!r}")
+    if listing.more_incoming:
+        click.echo(f"  ... and {listing.more_incoming} more (--limit)")
 
 
 # log ---------------------------------------------------------------------------
@@ -395,18 +316,10 @@ def log_cmd(c: Ctx, follow: bool, lines: int) -> None:
 @pass_ctx
 def send(c: Ctx, number: str, text: str) -> None:
     """Queue a local test SMS through the same path as webapp messages."""
-    from .daemon import wake
+    from . import actions
     from .models import utcnow
-    from .phone.base import java_trim, normalize_number
 
-    number = normalize_number(number)
-    if not java_trim(text):
-        raise UserError("the text is empty (Termux:API trims spaces and control characters, "
-                        "and sends nothing for an empty text)")
-    msg = c.store().add_local(number, text, utcnow())
-    click.echo(f"queued {msg.id} to {number}")
-    if wake(c.paths) is None:
-        click.echo("no daemon is running: it is sent by the next `smsgw run`", err=True)
+    _print(actions.send(c.paths, c.store(), number, text, utcnow()))
 
 
 @cli.command("retry")
@@ -414,27 +327,27 @@ def send(c: Ctx, number: str, text: str) -> None:
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every FAILED message.")
 @pass_ctx
 def retry_cmd(c: Ctx, ids: tuple[str, ...], all_failed: bool) -> None:
-    """Send FAILED messages again, starting over from retry #1."""
-    from .daemon import wake
+    """Send FAILED messages again, starting over from retry #1.
+
+    Exit status: 5 when an id is unknown, 6 when a message is not FAILED (it is left as it
+    is).
+    """
+    from . import actions
     from .models import utcnow
 
     if not ids and not all_failed:
         raise click.UsageError("name message ids, or use --failed")
-    result = c.store().retry(list(ids), all_failed, utcnow())
-    for msg_id in result.retried:
-        click.echo(f"{msg_id}: queued again")
-    for msg_id in result.not_found:
-        click.echo(f"{msg_id}: no such message (see smsgw messages)", err=True)
-    for msg_id, state in result.wrong_state:
-        click.echo(f"{msg_id}: is {state}, not FAILED; nothing to retry", err=True)
-    if all_failed and not result.retried:
-        click.echo("no FAILED message to retry")
-    if result.retried and wake(c.paths) is None:
-        click.echo("no daemon is running: they are sent by the next `smsgw run`", err=True)
-    if result.not_found:
-        sys.exit(ExitCode.NOT_FOUND)
-    if result.wrong_state:
-        sys.exit(ExitCode.WRONG_STATE)
+    _print(actions.retry(c.paths, c.store(), list(ids), all_failed, utcnow()))
+
+
+def _print(outcome: Any) -> None:
+    """Print what a core function returned, and exit with its code."""
+    for line in outcome.out:
+        click.echo(line)
+    for line in outcome.err:
+        click.echo(line, err=True)
+    if outcome.code:
+        sys.exit(int(outcome.code))
 
 
 @cli.command()
@@ -479,45 +392,17 @@ def build_phone(kind: str, settings: Settings) -> Any:
 def run(c: Ctx, phone_kind: str, url: str | None, once: bool, interval: int | None,
         max_cycles: int | None) -> None:
     """Run the gateway in the foreground (as runit and Termux:Boot expect)."""
-    from .config import validate_url
+    from . import actions
 
-    s = c.settings
     if url:
-        s.url = validate_url(url)
+        c.settings.url = actions.checked_url(url, "--url")
     if interval:
-        s.interval = interval
-    if not s.url:
+        c.settings.interval = interval
+    if not c.settings.url:
         raise UserError("no webapp URL: run `smsgw config --url URL` or pass --url")
-    setup_logging(c.paths, c.debug, console=True, url=s.url)
-    from .daemon import Daemon
-    from .gateway import Gateway
-    from .webapp import WebappClient
-
-    phone = build_phone(phone_kind, s)
-    webapp = WebappClient(s.url, connect_timeout=s.connect_timeout, read_timeout=s.read_timeout,
-                          ca_bundle=s.ca_bundle, compress_requests=s.compress_requests)
-    gateway = Gateway(c.store(), webapp, phone, s)
-    daemon = Daemon(gateway, c.paths, s.interval, max_cycles=1 if once else max_cycles)
-    if s.notification_watch and phone_kind == "termux":
-        from .watcher import NotificationWatcher
-
-        watcher = NotificationWatcher(c.store(), timeout=s.list_timeout)
-        daemon.add_watcher(watcher.period, watcher.check)
-    else:
-        from .models import utcnow
-
-        with c.store().unit(utcnow()) as u:  # no stale watcher state in `smsgw status`
-            if u.meta("watcher"):
-                u.set_meta("watcher", None)
-    try:
-        code = daemon.run()
-    finally:
-        webapp.close()
-    report = daemon.last_report
-    if once and (report is None or report.errors):
-        failing = report is not None and any(e.startswith("exchange") for e in report.errors)
-        code = ExitCode.WEBAPP_FAILING if failing else ExitCode.ERROR
-    sys.exit(code)
+    setup_logging(c.paths, c.debug, console=True, url=c.settings.url)
+    sys.exit(actions.run(c.paths, c.settings, c.store(), build_phone(phone_kind, c.settings),
+                         once=once, max_cycles=max_cycles))
 
 
 # demo / testserver ---------------------------------------------------------------
@@ -580,14 +465,35 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except InternalError as exc:
+        _internal(exc, debug)
     except Error as exc:
         _fail(str(exc), exc.exit_code, debug)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the promise: no traceback without --debug
-        _fail(f"unexpected error: {exc.__class__.__name__}: {exc} "
-              "(run with --debug for details)", ExitCode.ERROR, debug)
+        _internal(exc, debug)
     sys.exit(ExitCode.OK)
+
+
+def _internal(exc: BaseException, debug: bool) -> None:
+    """A bug in smsgw: its traceback goes to the log file, the user gets one line."""
+    where = "run with --debug for the details"
+    with contextlib.suppress(Exception):
+        paths = default_paths()
+        logging.getLogger("smsgw").error("internal error: %s: %s", type(exc).__name__, exc,
+                                         exc_info=exc)
+        if not logging.getLogger("smsgw").handlers:
+            import traceback
+
+            url = load_settings(paths).url if paths.config_file.exists() else None
+            paths.ensure()
+            fd = os.open(paths.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                fh.write(scrub("".join(traceback.format_exception(exc)), url))
+        where = f"the traceback is in {paths.log_file}; run with --debug to see it here"
+    _fail(f"internal error (a bug in smsgw, please report it): {type(exc).__name__}: {exc}; "
+          f"{where}", ExitCode.ERROR, debug)
 
 
 def _fail(text: str, code: int, debug: bool) -> None:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .config import Paths, atomic_write_text
-from .errors import ExitCode, StateError, UserError
+from .errors import Error, ExitCode, StateError, UserError
 from .models import to_iso, utcnow
 
 if TYPE_CHECKING:  # only a running daemon needs these, not `smsgw status` or `smsgw hook`
@@ -209,9 +209,14 @@ class Daemon:
     def _guard(self, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except Exception as exc:  # one bad job never kills the daemon
+        except Error as exc:  # one bad job never kills the daemon
             logger.error("%s failed: %s", getattr(fn, "__name__", "job"), exc)
             logger.debug("traceback", exc_info=True)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: logged whole, never fatal
+            logger.error("internal error in %s (a bug in smsgw, please report it): %s: %s",
+                         getattr(fn, "__name__", "job"), type(exc).__name__, exc,
+                         exc_info=True)
             return None
 
     def _cycle_job(self) -> Any:

@@ -15,7 +15,17 @@ from typing import Any, Protocol
 from . import retry, segment
 from .config import Settings
 from .errors import PhoneError, StateError, WebappError
-from .models import Clock, Offered, Outgoing, OutState, Part, PartState, Ref, to_iso, utcnow
+from .models import (
+    Clock,
+    Offered,
+    Outgoing,
+    OutState,
+    Part,
+    PartState,
+    PhoneProblem,
+    Ref,
+    utcnow,
+)
 from .phone.base import (
     FAILED,
     SENT,
@@ -33,8 +43,6 @@ logger = logging.getLogger(__name__)
 MAX_ROUNDS = 10  # POSTs in one cycle; bounds a webapp that keeps re-offering known ids
 ROW_SLACK = timedelta(seconds=10)  # row dates have second resolution; phone clock jitter
 SETTLE = timedelta(seconds=5)  # a sent row may still flip to failed right after it appears
-# Android counts sends in its own 60 s window from when each reached it: keep a margin.
-RATE_WINDOW = timedelta(seconds=62)
 DEFAULT_CAUSE = "the phone recorded the SMS as failed"
 UNKNOWN_OUTCOME = "outcome unknown: no record on the phone"
 
@@ -62,7 +70,8 @@ class CycleReport:
     awaiting: int = 0
     remaining: int = 0
     next_send: datetime | None = None
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the webapp's or the phone's
+    internal_errors: list[str] = field(default_factory=list)  # bugs in smsgw
 
     @property
     def more(self) -> bool:
@@ -70,12 +79,14 @@ class CycleReport:
         return not self.errors and (self.remaining > 0 or self.new > 0)
 
 
-_STOP = object()
-_AWAITING_PARTS = (PartState.SENDING.value, PartState.PENDING.value)
+_AWAITING_PARTS = (PartState.SENDING, PartState.PENDING)
 
 
-def _has_awaiting_part(record: dict[str, Any]) -> bool:
-    return any(p["state"] in _AWAITING_PARTS for p in record["parts"])
+@dataclass
+class _RateLimited:
+    """The rate budget is spent: sending waits until `until`."""
+
+    until: datetime
 
 
 @dataclass
@@ -134,6 +145,10 @@ class Gateway:
             except (PhoneError, WebappError) as exc:
                 report.errors.append(f"{step.__name__}: {exc}")
                 logger.error("%s failed: %s", step.__name__, exc)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours: log it whole, go on
+                report.internal_errors.append(f"{step.__name__}: {type(exc).__name__}: {exc}")
+                logger.error("internal error in %s (a bug in smsgw, please report it): %s: %s",
+                             step.__name__, type(exc).__name__, exc, exc_info=True)
         return report
 
     # 1. inbox -------------------------------------------------------------
@@ -150,7 +165,7 @@ class Gateway:
             report.received += len(stored)
         if had_error:  # the phone answers again: the old error is history, not status
             with self.store.unit(self.clock()) as u:
-                u.set_meta("phone_error", None)
+                u.phone_problem = None
 
     # 2-3. exchange ------------------------------------------------------------
     def exchange(self, report: CycleReport) -> None:
@@ -201,21 +216,19 @@ class Gateway:
         now = self.clock()
         with self.store.unit(now) as u:
             self._expire(u)
-            due_before = to_iso(now)
-            due = u.refs_where(lambda d: d["state"] == OutState.UNSENT.value
-                              and (d.get("due") is None or d["due"] <= due_before))
+            due = u.due(now)
         done: _Handoff | None = None
         for ref in due:
             with self.store.unit(self.clock()) as u:
                 if done is not None:
                     self._finish(u, done, report)
                     done = None
-                job = self._begin(u, ref, report)
+                job = self._begin(u, ref)
             if job is None:
                 continue
-            if job is _STOP:
+            if isinstance(job, _RateLimited):
+                report.next_send = job.until
                 break
-            assert isinstance(job, _Handoff)
             self._hand_over(job, report)
             done = job
             if job.stop:
@@ -228,22 +241,13 @@ class Gateway:
         ttl = self.settings.message_ttl
         if not ttl:
             return
-        cutoff = to_iso(u.now - timedelta(seconds=ttl))
-        for ref in u.refs_where(lambda d: d["state"] == OutState.UNSENT.value
-                                and d["created"] < cutoff):
-            msg = u.get(ref)
-            assert msg is not None
+        for msg in u.unsent_since_before(u.now - timedelta(seconds=ttl)):
             u.transition(msg, OutState.FAILED, "expired")
             logger.warning("message %s to %s expired unsent after %ss", msg.id, msg.to, ttl)
 
-    def _budget_left(self, u: Unit) -> tuple[int, list[list[Any]]]:
-        log = [e for e in u.meta("send_log", []) if u.now - datetime.fromisoformat(e[0])
-               < RATE_WINDOW]
-        return self.settings.max_parts_per_minute - sum(e[1] for e in log), log
-
-    def _begin(self, u: Unit, ref: Ref, report: CycleReport) -> _Handoff | object | None:
-        """Record the intent to send (SENDING) durably, or say why not: None skips the
-        message, _STOP ends sending for this cycle (rate budget spent)."""
+    def _begin(self, u: Unit, ref: Ref) -> _Handoff | _RateLimited | None:
+        """Record the intent to send (SENDING) durably and say what to send; or say that
+        the rate budget is spent until a time; None skips the message."""
         msg = u.get(ref)
         if msg is None or msg.state is not OutState.UNSENT:
             return None
@@ -252,17 +256,16 @@ class Gateway:
         todo = [i for i, p in enumerate(msg.parts)
                 if p.state in (PartState.UNSENT, PartState.FAILED)]
         cost = sum(segment.count_parts(msg.parts[i].text) for i in todo)
-        left, log = self._budget_left(u)
-        if cost > left and left < self.settings.max_parts_per_minute:
-            oldest = min(datetime.fromisoformat(e[0]) for e in log)
-            report.next_send = oldest + RATE_WINDOW
-            logger.info("rate limit: %d parts in the last minute; message %s waits",
-                        self.settings.max_parts_per_minute - left, msg.id)
-            return _STOP
+        log = u.rate_log
+        used = log.used(u.now)
+        if used and cost > self.settings.max_parts_per_minute - used:
+            logger.info("rate limit: %d parts in the last minute; message %s waits", used,
+                        msg.id)
+            return _RateLimited(log.next_free(u.now) or u.now)
         for i in todo:
-            msg.parts[i].state = PartState.SENDING
+            msg.parts[i].move(PartState.SENDING)
             msg.parts[i].handoff = u.now
-        u.set_meta("send_log", log + [[to_iso(u.now), cost]])
+        u.rate_log = log.add(u.now, cost)
         u.transition(msg, OutState.SENDING)
         return _Handoff(msg.ref, msg.to, [(i, msg.parts[i].text) for i in todo])
 
@@ -286,7 +289,7 @@ class Gateway:
         assert msg is not None
         error = job.error
         for i, _ in job.texts:  # parts after a failure were never attempted
-            msg.parts[i].state = job.outcome.get(i, PartState.UNSENT)
+            msg.parts[i].move(job.outcome.get(i, PartState.UNSENT))
         u.touch(msg)
         if isinstance(error, PhoneError):
             self._phone_error_in(u, f"sending {msg.id}: {error}")
@@ -322,13 +325,12 @@ class Gateway:
         """Learn SENT or failed tries from the phone's rows; give up on unknown outcomes."""
         now = self.clock()
         with self.store.unit(now) as u:
-            waiting = u.records(_has_awaiting_part)
-        report.awaiting = len(waiting)
-        if not waiting:
+            handoffs = [p.handoff or now for m in u.awaiting_phone() for p in m.parts
+                        if p.state in _AWAITING_PARTS]
+        report.awaiting = len(handoffs)
+        if not handoffs:
             return
-        handoffs = [p.get("handoff") or to_iso(now) for r in waiting for p in r["parts"]
-                    if p["state"] in _AWAITING_PARTS]
-        since = datetime.fromisoformat(min(handoffs)) - ROW_SLACK
+        since = min(handoffs) - ROW_SLACK
         try:
             rows = sorted(self.phone.read_outgoing(since),
                           key=lambda r: (r.date, r.row_id or 0))
@@ -344,44 +346,33 @@ class Gateway:
             # Rows dated before `since` are never read again, so their keys can go.
             # Counts, not a set: without `_id` (old Termux:API) two identical SMS sent
             # in the same second are two rows with one key.
-            used: dict[str, list[Any]] = {
-                k: v for k, v in u.meta("used_rows", {}).items()
-                if datetime.fromisoformat(v[0]) >= since}
-            consumed = Counter({k: v[1] for k, v in used.items()})
+            used = {k: v for k, v in u.used_rows.items() if v[0] >= since}
+            consumed = Counter({k: n for k, (_, n) in used.items()})
             candidates = self._index_rows(rows)
             touched: dict[str, Outgoing] = {}
-            parts = self._awaiting(u)
+            parts = [(m, i, p) for m in u.awaiting_phone() for i, p in enumerate(m.parts)
+                     if p.state in _AWAITING_PARTS]
             parts.sort(key=lambda t: (t[2].handoff or now, t[0].seq, t[1]))
             for msg, _, part in parts:
                 index = self._match(msg, part, rows, candidates, consumed)
                 if index is None:
                     if part.handoff and now - part.handoff > timedelta(
                             seconds=self.settings.confirm_timeout):
-                        part.state = PartState.FAILED
-                        part.row = UNKNOWN_OUTCOME
+                        part.move(PartState.UNKNOWN)
                         touched[msg.id] = msg
                     continue
                 row = rows[index]
                 consumed[row.key] += 1
                 if row.kind == SENT and now - row.date < SETTLE:
                     continue  # reserved for this part; decided next time
-                used[row.key] = [to_iso(row.date), used.get(row.key, [None, 0])[1] + 1]
+                used[row.key] = (row.date, used.get(row.key, (row.date, 0))[1] + 1)
                 part.row = row.key
-                part.state = PartState.SENT if row.kind == SENT else PartState.FAILED
+                part.move(PartState.SENT if row.kind == SENT else PartState.FAILED)
                 touched[msg.id] = msg
-            if used != u.meta("used_rows", {}):
-                u.set_meta("used_rows", used)
+            u.used_rows = used
             for msg in touched.values():
                 u.touch(msg)  # part changes are saved even when the message waits
                 self._settle(u, msg, cause or DEFAULT_CAUSE, report)
-
-    @staticmethod
-    def _awaiting(u: Unit) -> list[tuple[Outgoing, int, Part]]:
-        """Parts handed over (or maybe handed over) whose outcome the phone has not shown."""
-        ids = u.refs_where(_has_awaiting_part)
-        msgs = [m for m in (u.get(i) for i in ids) if m is not None]
-        return [(m, i, p) for m in msgs for i, p in enumerate(m.parts)
-                if p.state.value in _AWAITING_PARTS]
 
     @staticmethod
     def _index_rows(rows: list[SmsRow]) -> dict[tuple[str, str], list[tuple[int, int]]]:
@@ -416,10 +407,7 @@ class Gateway:
             report.confirmed += 1
             logger.info("message %s to %s sent (recorded by the phone)", msg.id, msg.to)
             return
-        if any(p.row == UNKNOWN_OUTCOME for p in msg.parts):
-            for p in msg.parts:
-                if p.row == UNKNOWN_OUTCOME:
-                    p.row = None
+        if any(s is PartState.UNKNOWN for s in states):
             u.transition(msg, OutState.FAILED, UNKNOWN_OUTCOME)
             report.failed += 1
             logger.error("message %s to %s: %s; not resent automatically (smsgw retry %s)",
@@ -432,10 +420,8 @@ class Gateway:
         now = self.clock()
         self.store.archive_finished(now)
         with self.store.unit(now) as u:
-            due = [r["due"] for r in u.records(
-                lambda d: d["state"] == OutState.UNSENT.value and d.get("due") is not None)]
-            if due and report.next_send is None:
-                report.next_send = datetime.fromisoformat(min(due))
+            if report.next_send is None:
+                report.next_send = u.next_retry()
             if self.webapp is not None:
                 report.remaining = u.queued_for_webapp()
 
@@ -445,4 +431,4 @@ class Gateway:
 
     @staticmethod
     def _phone_error_in(u: Unit, text: str) -> None:
-        u.set_meta("phone_error", {"at": to_iso(u.now), "text": text})
+        u.phone_problem = PhoneProblem(u.now, text)

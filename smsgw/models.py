@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any, NamedTuple
 
@@ -269,3 +269,59 @@ class Offered:
     to: str | None
     content: str | None
     problem: str | None = None
+
+
+# --- typed values the store keeps beside the records (each has one owner) -----------------
+
+# Android counts sends in its own 60 s window from when each reached it: keep a margin.
+RATE_WINDOW = timedelta(seconds=62)
+
+
+@dataclass(frozen=True)
+class RateLog:
+    """SMS parts handed to the phone, by time, for the rate limit (owner: the gateway)."""
+
+    entries: tuple[tuple[datetime, int], ...] = ()
+
+    def within(self, now: datetime) -> RateLog:
+        """The entries still inside the rate window at `now`."""
+        return RateLog(tuple(e for e in self.entries if now - e[0] < RATE_WINDOW))
+
+    def used(self, now: datetime) -> int:
+        return sum(n for at, n in self.entries if now - at < RATE_WINDOW)
+
+    def next_free(self, now: datetime) -> datetime | None:
+        """When the oldest entry inside the window leaves it."""
+        inside = [at for at, _ in self.entries if now - at < RATE_WINDOW]
+        return min(inside) + RATE_WINDOW if inside else None
+
+    def add(self, now: datetime, parts: int) -> RateLog:
+        return RateLog(self.within(now).entries + ((now, parts),))
+
+
+@dataclass(frozen=True)
+class PhoneProblem:
+    """The last error from the phone, shown by `smsgw status` (owner: the gateway)."""
+
+    at: datetime
+    text: str
+
+
+@dataclass(frozen=True)
+class ExchangeProblem:
+    """The last failed exchange with the webapp, with its own words (owner: the store)."""
+
+    at: datetime
+    text: str
+    status: int | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A message that went FAILED, for `smsgw status` (owner: the store)."""
+
+    id: str
+    to: str
+    reason: str | None
+    at: datetime

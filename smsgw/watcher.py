@@ -41,7 +41,7 @@ class NotificationWatcher:
 
     def _say(self, text: str) -> None:
         with self.store.unit(utcnow()) as u:
-            u.set_meta("watcher", text)
+            u.watcher = text
 
     def check(self) -> bool:
         if not self.enabled:

@@ -753,7 +753,7 @@ def test_same_id_twice_in_one_answer_is_stored_once(make_rig: Callable[..., Rig]
     report = rig.cycle()
     assert report.new == 1 and report.known == 1
     assert rig.phone.sends == [(NUMBER, "twice in one answer")]
-    out, _ = rig.store.messages(rig.clock(), 10)
+    out = rig.store.messages(rig.clock(), 10).outgoing
     assert [m.id for m in out] == ["dup"]
     rig.cycles(3)
     assert len(rig.phone.sends) == 1

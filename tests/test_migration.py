@@ -34,7 +34,7 @@ def test_format_1_state_migrates_and_keeps_its_queue(tmp_path: Path) -> None:
         assert u.get(LOCAL_ID) is None
         local = u.get(Ref(LOCAL_ID, local=True))
         assert local is not None and local.local and local.content == "local test"
-        assert u.meta("inbox_position")["id"] == 42
+        assert u.inbox_position["id"] == 42
     summary = store.summary(NOW)
     assert summary["outgoing"]["UNSENT"] == 2
     assert summary["incoming"]["WAITING"] == 1

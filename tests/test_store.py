@@ -21,12 +21,19 @@ def offered(i, to="+254700000001"):
     return (Offered(f"m{i}", to, f"text {i}"), None)
 
 
+def walk(u, msg_id, *states):
+    """Move a message along legal transitions, e.g. SENDING, PENDING, SENT."""
+    msg = u.get(msg_id)
+    for state in states:
+        u.transition(msg, state)
+
+
 def test_new_store_files_are_private(tmp_path):
     store = Store(tmp_path / "state")
     assert stat.S_IMODE(os.stat(store.folder).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     with store.unit(T0) as u:
-        u.set_meta("x", 1)
+        u.watcher = "x"  # any change makes the unit write
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
 
 
@@ -73,7 +80,7 @@ def test_a_unit_that_raises_writes_nothing(tmp_path):
     store = Store(tmp_path / "state")
     before = store.path.read_bytes()
     with pytest.raises(RuntimeError), store.unit(T0) as u:
-        u.set_meta("x", 1)
+        u.watcher = "x"  # any change makes the unit write
         raise RuntimeError("boom")
     assert store.path.read_bytes() == before
 
@@ -109,7 +116,7 @@ def test_archived_ids_stay_known(tmp_path):
     store = Store(tmp_path / "state")
     store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
     with store.unit(T0) as u:
-        u.transition(u.get("m1"), OutState.SENT)
+        walk(u, "m1", OutState.SENDING, OutState.PENDING, OutState.SENT)
     assert store.archive_finished(T0) == 1
     with store.unit(T0) as u:
         assert u.get("m1") is None
@@ -125,12 +132,12 @@ def test_archive_retention_purges_old_days(tmp_path):
     store = Store(tmp_path / "state", retention_days=30)
     store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
     with store.unit(T0) as u:
-        u.transition(u.get("m1"), OutState.SENT)
+        walk(u, "m1", OutState.SENDING, OutState.PENDING, OutState.SENT)
     store.archive_finished(T0)
     later = T0 + timedelta(days=31)
     store.complete_exchange(store.next_batch(later), [offered(2)], later)
     with store.unit(later) as u:
-        u.transition(u.get("m2"), OutState.SENT)
+        walk(u, "m2", OutState.SENDING, OutState.PENDING, OutState.SENT)
     store.archive_finished(later)
     fresh = Store(tmp_path / "state")
     assert fresh.archive.status_of("m1") is None
@@ -162,7 +169,7 @@ def test_inbox_rows_stored_once_with_uuid_and_position_in_one_write(tmp_path):
     assert len(first) == 2 and again == []
     assert len({m.id for m in first}) == 2 and all(len(m.id) == 36 for m in first)
     with store.unit(T0) as u:
-        assert u.meta("inbox_position") == {"id": 2}
+        assert u.inbox_position == {"id": 2}
     data = json.loads(store.path.read_text())
     assert len(data["incoming"]) == 2 and data["meta"]["1"]["inbox_position"] == {"id": 2}
 
@@ -220,7 +227,7 @@ def test_a_newer_status_replaces_a_queued_older_one(tmp_path):
     store = Store(tmp_path / "state")
     store.complete_exchange(store.next_batch(T0), [offered(1), offered(2)], T0)
     with store.unit(T0) as u:
-        u.transition(u.get("m1"), OutState.PENDING)
+        walk(u, "m1", OutState.SENDING, OutState.PENDING)
     assert [(x.id, x.status) for x in store.next_batch(T0).updates] == [
         ("m2", "UNSENT"), ("m1", "PENDING")]
 
@@ -231,11 +238,11 @@ def test_a_status_queued_while_a_post_is_in_flight_is_kept(tmp_path):
     store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
     store.complete_exchange(store.next_batch(T0), [], T0)  # UNSENT posted
     with store.unit(T0) as u:
-        u.transition(u.get("m1"), OutState.PENDING)
+        walk(u, "m1", OutState.SENDING, OutState.PENDING)
     in_flight = store.next_batch(T0)
     assert [(x.id, x.status) for x in in_flight.updates] == [("m1", "PENDING")]
     with store.unit(T0) as u:
-        u.transition(u.get("m1"), OutState.SENT)
+        walk(u, "m1", OutState.SENT)
     store.complete_exchange(in_flight, [], T0)
     assert [(x.id, x.status) for x in store.next_batch(T0).updates] == [("m1", "SENT")]
 
@@ -244,7 +251,7 @@ def test_a_status_older_than_the_last_reported_is_not_queued(tmp_path):
     store = Store(tmp_path / "state")
     store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
     with store.unit(T0) as u:
-        u.transition(u.get("m1"), OutState.PENDING)
+        walk(u, "m1", OutState.SENDING, OutState.PENDING)
     store.complete_exchange(store.next_batch(T0), [], T0)
     with store.unit(T0) as u:
         u.transition(u.get("m1"), OutState.UNSENT, "a failed try")  # retried automatically

@@ -583,7 +583,7 @@ class Killed(BaseException):
 
 
 class _TearingOs:
-    """`os` for smsgw.store whose write() gets half its bytes to the file, then dies.
+    """`os` for smsgw.store.archive whose write() gets half its bytes to the file, then dies.
 
     That is what a SIGKILL (or a power cut) does to a large write: Linux checks for a
     fatal signal between pages and keeps what was copied so far.
@@ -602,7 +602,7 @@ def test_crash_mid_archive_append_forgets_no_id(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A daemon killed while it appends a finished message to the archive; the next daemon
     archives it again. The id must stay known, so a re-offer is never sent a second time."""
-    import smsgw.store as store_module
+    import smsgw.store.archive as store_module
     from smsgw.models import Offered, OutState, utcnow
     from smsgw.store import Batch, Store
 
@@ -613,7 +613,8 @@ def test_crash_mid_archive_append_forgets_no_id(tmp_path: Path,
     with first.unit(now) as u:
         msg = u.get("m1")
         assert msg is not None
-        u.transition(msg, OutState.SENT)
+        for state in (OutState.SENDING, OutState.PENDING, OutState.SENT):
+            u.transition(msg, state)
     monkeypatch.setattr(store_module, "os", _TearingOs())
     with pytest.raises(Killed):
         first.archive_finished(now)

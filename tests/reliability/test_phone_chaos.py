@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +194,8 @@ def make_rig(fake_termux: FakeTermux, clock: Clock, tmp_path: Path,
         gateway = Gateway(store, client, phone, settings, clock)
         r = PhoneRig(fake_termux, webapp, client, phone, store, gateway, clock, shims)
         built.append(r)
-        fake_termux.receive("+254799999999", "old SMS, before smsgw was installed")
+        fake_termux.receive("+254799999999", "old SMS, before smsgw was installed",
+                            at=clock.now - timedelta(hours=1))
         assert r.cycle().errors == []  # first start: the inbox position is set after it
         return r
 

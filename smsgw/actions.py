@@ -1,0 +1,204 @@
+"""What the commands do. Each `smsgw` command parses its options, calls one function here,
+and prints what it returns: health, exit codes and settings changes are decided here, not
+in cli.py. Nothing here imports requests except `configure`, and only when it must.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from .config import Paths, Settings, redact_url, scrub
+from .errors import ExitCode, UserError
+
+if TYPE_CHECKING:
+    from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What a command prints (stdout, stderr lines) and its exit code."""
+
+    out: list[str] = field(default_factory=list)
+    err: list[str] = field(default_factory=list)
+    code: ExitCode = ExitCode.OK
+    data: Any = None
+
+
+def fmt_time(iso: str | datetime | None, now: datetime | None = None) -> str:
+    """A stored time for people: UTC, with how long ago."""
+    if not iso:
+        return "never"
+    dt = datetime.fromisoformat(iso) if isinstance(iso, str) else iso
+    text = dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if now is not None:
+        secs = int((now - dt).total_seconds())
+        ago = f"{secs}s" if abs(secs) < 120 else f"{secs // 60} min" if abs(secs) < 7200 \
+            else f"{secs // 3600} h"
+        text += f" ({ago} ago)" if secs >= 0 else f" (in {ago.lstrip('-')})"
+    return text
+
+
+# status ----------------------------------------------------------------------------------
+def status(paths: Paths, settings: Settings, store: Store, now: datetime,
+           as_json: bool) -> Outcome:
+    """Health at a glance, from local state only; the exit code says healthy (0), daemon
+    not running (3) or the last exchange with the webapp failed (4)."""
+    import json
+
+    from .daemon import daemon_running
+
+    info = daemon_running(paths)
+    summary = store.summary(now)
+    last_ok, last_err = summary["last_exchange_ok"], summary["last_error"]
+    failing = summary["webapp_failing"]
+    code = ExitCode.DAEMON_DOWN if not info else ExitCode.WEBAPP_FAILING if failing \
+        else ExitCode.OK
+    data = {
+        "healthy": code == ExitCode.OK,
+        "exit_code": int(code),
+        "daemon": {"running": bool(info), "pid": (info or {}).get("pid"),
+                   "since": (info or {}).get("started")},
+        "webapp": {"url": redact_url(settings.url), "last_exchange_ok": last_ok,
+                   "last_error": last_err, "failing": failing,
+                   "consecutive_failures": summary["webapp_failures"]},
+        "queues": {"outgoing": summary["outgoing"], "incoming": summary["incoming"],
+                   "updates_queued": summary["updates_queued"],
+                   "oldest_waiting": summary["oldest_waiting"],
+                   "next_retry": summary["next_retry"]},
+        "last_failures": summary["last_failures"],
+        "phone": {"last_error": summary["phone_error"],
+                  "notification_watcher": summary["watcher"]},
+        "rate": {"parts_last_minute": summary["parts_last_minute"],
+                 "max_parts_per_minute": settings.max_parts_per_minute},
+    }
+    text = json.dumps(data, indent=2) if as_json else _status_text(data, now)
+    return Outcome(out=[scrub(text, settings.url)], code=code, data=data)
+
+
+def _status_text(d: dict[str, Any], now: datetime) -> str:
+    lines = []
+    dmn = d["daemon"]
+    lines.append(f"daemon:        running (pid {dmn['pid']}, since {fmt_time(dmn['since'], now)})"
+                 if dmn["running"] else "daemon:        NOT RUNNING (start it: smsgw run, or "
+                 "sv up smsgw)")
+    w = d["webapp"]
+    lines.append(f"webapp:        {w['url'] or 'not configured (smsgw config --url URL)'}")
+    lines.append(f"last exchange: {fmt_time(w['last_exchange_ok'], now)}")
+    if w["last_error"]:
+        err = w["last_error"]
+        said = f" — webapp said: {err['message']}" if err.get("message") else ""
+        mark = "FAILING" if w["failing"] else "earlier"
+        lines.append(f"last error:    [{mark}] {fmt_time(err['at'], now)}: {err['text']}{said}")
+    q = d["queues"]
+    out = ", ".join(f"{k} {v}" for k, v in q["outgoing"].items() if v) or "empty"
+    lines.append(f"outgoing:      {out}")
+    inc = q["incoming"]
+    aside = f"; {inc['SET_ASIDE']} set aside" if inc.get("SET_ASIDE") else ""
+    lines.append(f"incoming:      {inc.get('WAITING', 0)} waiting for the webapp{aside}; "
+                 f"{q['updates_queued']} status updates queued")
+    if q["oldest_waiting"]:
+        o = q["oldest_waiting"]
+        lines.append(f"oldest unsent: {o['id']} to {o['to']} since {fmt_time(o['since'], now)}")
+    if q["next_retry"]:
+        lines.append(f"next retry:    {fmt_time(q['next_retry'], now)}")
+    r = d["rate"]
+    lines.append(f"rate:          {r['parts_last_minute']}/{r['max_parts_per_minute']} SMS parts "
+                 "in the last minute")
+    p = d["phone"]
+    if p["last_error"]:
+        lines.append(f"phone error:   {fmt_time(p['last_error']['at'], now)}: "
+                     f"{p['last_error']['text']}")
+    if p["notification_watcher"]:
+        lines.append(f"notifications: {p['notification_watcher']}")
+    if d["last_failures"]:
+        lines.append("recent failures:")
+        for f in d["last_failures"][-5:]:
+            lines.append(f"  {f['id']}  to {f['to']}: {f['reason']}")
+    lines.append("status:        " + ("healthy" if d["healthy"] else "UNHEALTHY"))
+    return "\n".join(lines)
+
+
+# send / retry ------------------------------------------------------------------------------
+def send(paths: Paths, store: Store, number: str, text: str, now: datetime) -> Outcome:
+    """Queue a local test SMS (never posted to the webapp) and wake the daemon."""
+    from .daemon import wake
+    from .phone.base import java_trim, normalize_number
+
+    number = normalize_number(number)
+    if not java_trim(text):
+        raise UserError("the text is empty (Termux:API trims spaces and control characters, "
+                        "and sends nothing for an empty text)")
+    msg = store.add_local(number, text, now)
+    result = Outcome(out=[f"queued {msg.id} to {number}"])
+    if wake(paths) is None:
+        result.err.append("no daemon is running: it is sent by the next `smsgw run`")
+    return result
+
+
+def retry(paths: Paths, store: Store, ids: list[str], all_failed: bool,
+          now: datetime) -> Outcome:
+    """Send FAILED messages again from retry #1; exit 5 for an unknown id, 6 for a message
+    that is not FAILED (nothing is changed for those)."""
+    from .daemon import wake
+
+    res = store.retry(ids, all_failed, now)
+    result = Outcome(out=[f"{i}: queued again" for i in res.retried])
+    result.err += [f"{i}: no such message (see smsgw messages)" for i in res.not_found]
+    result.err += [f"{i}: is {state}, not FAILED; nothing to retry"
+                   for i, state in res.wrong_state]
+    if all_failed and not res.retried:
+        result.out.append("no FAILED message to retry")
+    if res.retried and wake(paths) is None:
+        result.err.append("no daemon is running: they are sent by the next `smsgw run`")
+    result.code = (ExitCode.NOT_FOUND if res.not_found else
+                   ExitCode.WRONG_STATE if res.wrong_state else ExitCode.OK)
+    return result
+
+
+# run -----------------------------------------------------------------------------------
+def checked_url(url: str, source: str) -> str:
+    """The URL, checked; a bad one is refused naming where it came from."""
+    from .config import validate_url
+
+    try:
+        return validate_url(url)
+    except UserError as exc:
+        raise UserError(f"{source} is not a usable webapp URL: {exc}") from None
+
+
+def run(paths: Paths, settings: Settings, store: Store, phone: Any, *, once: bool,
+        max_cycles: int | None) -> int:
+    """The gateway in the foreground until stopped; the exit code of `smsgw run`."""
+    from .daemon import Daemon
+    from .gateway import Gateway
+    from .models import utcnow
+    from .webapp import WebappClient
+
+    assert settings.url is not None
+    webapp = WebappClient(settings.url, connect_timeout=settings.connect_timeout,
+                          read_timeout=settings.read_timeout, ca_bundle=settings.ca_bundle,
+                          compress_requests=settings.compress_requests)
+    gateway = Gateway(store, webapp, phone, settings)
+    daemon = Daemon(gateway, paths, settings.interval, max_cycles=1 if once else max_cycles)
+    if settings.notification_watch and phone.name == "termux":
+        from .watcher import NotificationWatcher
+
+        watcher = NotificationWatcher(store, timeout=settings.list_timeout)
+        daemon.add_watcher(watcher.period, watcher.check)
+    else:
+        with store.unit(utcnow()) as u:  # no stale watcher state in `smsgw status`
+            u.watcher = None
+    try:
+        code = daemon.run()
+    finally:
+        webapp.close()
+    report = daemon.last_report
+    if once and (report is None or report.errors or report.internal_errors):
+        failing = report is not None and any(e.startswith("exchange") for e in report.errors)
+        code = ExitCode.WEBAPP_FAILING if failing else ExitCode.ERROR
+    return int(code)

@@ -1,0 +1,458 @@
+"""The Store: the gateway's state in one folder, and the domain operations on it.
+
+Layout of the state folder:
+  state.json      TinyDB (tables outgoing, incoming, updates, meta), rewritten atomically
+  state.lock      fcntl lock held for each unit of work, so the daemon and `smsgw retry`
+                  never lose each other's writes
+  exchange.json   the time of the last successful exchange (a small side file)
+  archive/DAY.jsonl  finished records, append-only, one file a day, kept `retention_days`
+
+A unit of work (`Store.unit()`) takes the lock, re-reads state.json, and writes it at most
+once, atomically, when it ends without an exception: everything done in one unit lands
+together or not at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tinydb import TinyDB
+from tinydb.middlewares import CachingMiddleware
+
+from ..config import make_private_dir
+from ..errors import StateError
+from ..models import (
+    REPORTED_STATES,
+    ExchangeProblem,
+    Incoming,
+    InState,
+    Offered,
+    Outgoing,
+    OutState,
+    PartState,
+    Update,
+    from_iso,
+    to_iso,
+)
+from .archive import Archive
+from .storage import (
+    LOCAL_PREFIX,
+    STATE_VERSION,
+    AtomicJSONStorage,
+    StateCache,
+    check_shape,
+    migrate,
+)
+from .unit import Unit
+
+if TYPE_CHECKING:
+    from .views import Listing
+
+logger = logging.getLogger(__name__)
+
+RECENT_KEYS = 1000  # inbox row keys remembered beyond the read position, for dedup
+
+
+@dataclass
+class Batch:
+    """What one POST carries: incoming SMS and status updates, with their outbox doc ids."""
+
+    incoming: list[Incoming] = field(default_factory=list)
+    updates: list[Update] = field(default_factory=list)
+    update_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class AcceptResult:
+    """What became of the messages a webapp answer carried."""
+
+    new: list[str] = field(default_factory=list)
+    known: list[str] = field(default_factory=list)
+    invalid: list[tuple[str | None, str]] = field(default_factory=list)
+    remaining: int = 0  # incoming SMS and updates still queued after this exchange
+
+
+@dataclass
+class RetryResult:
+    """What `smsgw retry` did."""
+
+    retried: list[str] = field(default_factory=list)
+    not_found: list[str] = field(default_factory=list)
+    wrong_state: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Store:
+    """The state of one gateway: a folder holding state.json, its lock and the archive."""
+
+    def __init__(self, folder: Path, retention_days: int = 30) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / "state.json"
+        self.retention = timedelta(days=retention_days)
+        self.archive = Archive(self.folder / "archive")
+        self._cache = StateCache()
+        make_private_dir(self.folder)
+        self._check_readable()
+
+    def _storage(self) -> AtomicJSONStorage:
+        return AtomicJSONStorage(str(self.path), self._cache)
+
+    def _check_readable(self) -> None:
+        """Refuse at start-up a state file that cannot be loaded or has the wrong shape;
+        create a missing one; migrate an older format."""
+        with self._locked():
+            for tmp in self.folder.glob(".state.json.*.tmp"):  # left by a crash mid-write
+                tmp.unlink(missing_ok=True)
+            storage = self._storage()
+            data = storage.read()
+            if data is None:
+                storage.write({"meta": {"1": {"version": STATE_VERSION}}})
+                return
+            check_shape(data, self.path)
+            version = int((data.get("meta", {}).get("1") or {}).get("version", STATE_VERSION))
+            if version > STATE_VERSION:
+                raise StateError(
+                    f"the state in {self.path} was written by a newer smsgw; upgrade smsgw")
+            if version < STATE_VERSION:
+                storage.write(migrate(data, version))
+                logger.info("state file %s migrated from format %d to %d", self.path,
+                            version, STATE_VERSION)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        lock = self.folder / "state.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            try:  # a read-only folder: reading still works, and flock needs no write access
+                fd = os.open(lock if lock.exists() else self.folder, os.O_RDONLY)
+            except OSError as exc:
+                raise StateError(f"cannot use the state folder {self.folder}: "
+                                 f"{exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def unit(self, now: datetime) -> Iterator[Unit]:
+        """A unit of work under the lock; saved in one atomic write if it ends cleanly."""
+        with self._locked():
+            storage = partial(AtomicJSONStorage, cache=self._cache)
+            db = TinyDB(str(self.path), storage=CachingMiddleware(storage))  # type: ignore[arg-type]
+            # No db.close(): closing flushes, and a unit that failed must write nothing.
+            try:
+                unit = Unit(db, now)
+                yield unit
+                unit.save()
+                db.storage.flush()
+            except BaseException:
+                self._cache.forget()  # TinyDB changed the parsed copy in place
+                raise
+
+    # incoming -------------------------------------------------------------
+    def inbox_state(self, now: datetime) -> tuple[dict[str, Any] | None, datetime | None, bool]:
+        """Where the inbox was read up to, the time SMS are forwarded from, and whether a
+        phone error is recorded.
+
+        Before the first successful read the position is None and SMS are forwarded from
+        the start point: the time the gateway was configured, or else the first attempt
+        to read (recorded now, so SMS that arrive while that read fails are not lost).
+        """
+        with self.unit(now) as u:
+            position = u.inbox_position
+            start = from_iso(u._get("forward_since"))
+            if position is None and start is None:
+                start = now
+                u._set("forward_since", to_iso(now))
+            return position, start, u.phone_problem is not None
+
+    def forward_since(self, now: datetime) -> datetime | None:
+        """The start point of forwarding (see `inbox_state`), None before any is set."""
+        with self.unit(now) as u:
+            return from_iso(u._get("forward_since"))
+
+    def set_forward_since(self, when: datetime, now: datetime, *, keep: bool = False) -> bool:
+        """Forward SMS received from `when` on: the inbox is read again from there.
+
+        With `keep`, only set it when the gateway has no start point yet (first set-up).
+        SMS already stored are not forwarded twice: rows are checked against the keys of
+        the last RECENT_KEYS stored. Returns whether the start point changed.
+        """
+        with self.unit(now) as u:
+            if keep and (u._get("forward_since") or u.inbox_position is not None):
+                return False
+            u._set("forward_since", to_iso(when))
+            u._set("inbox_position", None)
+        logger.info("forwarding incoming SMS received from %s on", to_iso(when))
+        return True
+
+    def save_inbox(self, rows: Iterable[Any], position: dict[str, Any], now: datetime,
+                   ) -> list[Incoming]:
+        """Store new inbox rows with fresh UUIDs in the same write that moves the position."""
+        stored: list[Incoming] = []
+        with self.unit(now) as u:
+            recent: list[str] = list(u._get("inbox_keys", []))
+            seen = set(recent)
+            for row in rows:
+                # The phone's position already gives each row once; this guards against a
+                # re-read. Rows without `_id` (old Termux:API) may be true twins with one
+                # key, so only rows with an `_id` are deduplicated here.
+                if row.row_id is not None and row.key in seen:
+                    logger.info("inbox row %s already stored, skipped", row.key)
+                    continue
+                seen.add(row.key)
+                recent.append(row.key)
+                msg = Incoming(
+                    id=str(uuid.uuid4()), from_=row.address, content=row.body,
+                    sms_sent=0, sms_received=int(row.date.timestamp() * 1000),
+                    state=InState.WAITING, key=row.key, stored=now,
+                )
+                if not row.address.strip():
+                    # cht-core drops an SMS without `from` (with a 200): it would be lost.
+                    msg.state, msg.reason = InState.SET_ASIDE, "no sender number"
+                    logger.warning("received SMS %s has no sender number: kept, not "
+                                   "forwarded", msg.id)
+                elif not row.body:
+                    logger.info("received SMS %s from %s is empty; forwarded (cht-core "
+                                "ignores empty SMS)", msg.id, row.address)
+                stored.append(msg)
+            if stored:
+                u.db.table("incoming").insert_multiple(m.to_dict() for m in stored)
+            u._set("inbox_keys", recent[-RECENT_KEYS:])
+            u._set("inbox_position", position)
+        for msg in stored:
+            logger.info("received SMS %s from %s stored", msg.id, msg.from_)
+        return stored
+
+    # exchange -------------------------------------------------------------
+    def next_batch(self, now: datetime, max_incoming: int = 50, max_updates: int = 50) -> Batch:
+        """The oldest waiting incoming SMS and queued updates, for one POST."""
+        with self.unit(now) as u:
+            waiting = [Incoming.from_dict(d) for d in u.db.table("incoming").all()
+                       if d["state"] == InState.WAITING.value]
+            ups = sorted(u.db.table("updates").all(), key=lambda d: d.doc_id)[:max_updates]
+        return Batch(
+            incoming=waiting[:max_incoming],
+            updates=[Update(d["id"], d["status"], d.get("reason")) for d in ups],
+            update_ids=[d.doc_id for d in ups],
+        )
+
+    @staticmethod
+    def _drop_posted(u: Unit, batch: Batch) -> None:
+        """Remove the updates a POST carried, and only those: a doc id freed by a newer
+        status replacing one in flight may have been given to that newer status."""
+        posted = {doc_id: (up.id, up.status) for doc_id, up in zip(batch.update_ids,
+                                                                     batch.updates,
+                                                                     strict=True)}
+        table = u.db.table("updates")
+        done = [d.doc_id for d in table.all()
+                if posted.get(d.doc_id) == (d["id"], d["status"])]
+        if done:
+            table.remove(doc_ids=done)
+
+    def complete_exchange(self, batch: Batch, offered: list[tuple[Offered, str | None]],
+                          now: datetime) -> AcceptResult:
+        """After a 2xx: drop what the webapp acknowledged and store what it asked to send.
+
+        `offered` pairs each message with the reason it is invalid, or None when valid.
+        One write: if it is lost, the batch is simply posted again (at least once).
+        """
+        result = AcceptResult()
+        with self.unit(now) as u:
+            if batch.incoming:
+                ids = {m.id for m in batch.incoming}
+                u.db.table("incoming").update(
+                    {"state": InState.FORWARDED.value, "forwarded": to_iso(now)},
+                    lambda d: d["id"] in ids,
+                )
+            if batch.update_ids:
+                self._drop_posted(u, batch)
+            self._accept(u, offered, result)
+            u._set("webapp_failures", 0)
+            result.remaining = u.queued_for_webapp()
+        self._heartbeat(now)
+        return result
+
+    def _heartbeat(self, now: datetime) -> None:
+        """Record the last successful exchange in a small side file.
+
+        Not in state.json: an idle cycle then writes a few bytes, not the whole state, and
+        losing this line in a power cut costs nothing but a stale time in `smsgw status`.
+        """
+        path = self.folder / "exchange.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"last_exchange_ok": to_iso(now)}), encoding="utf-8")
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("cannot record the last exchange time: %s", exc)
+
+    def last_exchange_ok(self) -> datetime | None:
+        """When an exchange last got a 2xx, if ever."""
+        try:
+            data = json.loads((self.folder / "exchange.json").read_text(encoding="utf-8"))
+            return from_iso(data.get("last_exchange_ok")) if isinstance(data, dict) else None
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _accept(self, u: Unit, offered: list[tuple[Offered, str | None]],
+                result: AcceptResult) -> None:
+        seen_now: set[str] = set()
+        for msg, invalid in offered:
+            if msg.id is not None and (msg.id in seen_now or self._known(u, msg.id)):
+                self._requeue_known(u, msg.id)
+                result.known.append(msg.id)
+                continue
+            if invalid is not None:
+                result.invalid.append((msg.id, invalid))
+                if msg.id is None:
+                    logger.warning("webapp message without id ignored: %s", invalid)
+                    continue
+                u.create(Outgoing(id=msg.id, to=str(msg.to or ""), content=str(msg.content or ""),
+                                  state=OutState.FAILED, reason=invalid, created=u.now,
+                                  last_activity=u.now))
+                seen_now.add(msg.id)
+                logger.warning("message %s refused: %s", msg.id, invalid)
+                continue
+            assert msg.id is not None and msg.to is not None and msg.content is not None
+            u.create(Outgoing(id=msg.id, to=msg.to, content=msg.content, state=OutState.UNSENT,
+                              created=u.now, last_activity=u.now, due=u.now))
+            seen_now.add(msg.id)
+            result.new.append(msg.id)
+            logger.info("message %s to %s queued", msg.id, msg.to)
+
+    def _known(self, u: Unit, msg_id: str) -> bool:
+        return u.get(msg_id) is not None or self.archive.status_of(msg_id) is not None
+
+    def _requeue_known(self, u: Unit, msg_id: str) -> None:
+        """A known id offered again: report its current status again, never send it again.
+
+        Not when an update for it is already waiting to go: a webapp re-offers every
+        message on each POST until it sees a status, and each re-offer must not add one.
+        """
+        if u.update_queued(msg_id):
+            return
+        msg = u.get(msg_id)
+        if msg is not None:
+            # What the webapp last heard, never less: between tries a message is UNSENT or
+            # SENDING here while the webapp was already told PENDING.
+            state = msg.reported or (msg.state if msg.state in REPORTED_STATES
+                                     else OutState.UNSENT)
+            u.queue_update(msg_id, state.value, msg.reason if state is OutState.FAILED else None)
+        else:
+            status, reason = self.archive.status_of(msg_id) or ("FAILED", None)
+            u.queue_update(msg_id, status, reason)
+        logger.info("message %s offered again: status re-sent, not sent again", msg_id)
+
+    def record_exchange_error(self, now: datetime, text: str, status: int | None = None,
+                              message: str | None = None) -> None:
+        """Remember the last failed exchange and the webapp's own words."""
+        with self.unit(now) as u:
+            u._set("last_error", {"at": to_iso(now), "text": text,
+                                  "status": status, "message": message})
+            u._set("webapp_failures", int(u._get("webapp_failures", 0)) + 1)
+
+    def exchange_problem(self, now: datetime) -> tuple[ExchangeProblem | None, int]:
+        """The last failed exchange, and how many failed since the last good one."""
+        with self.unit(now) as u:
+            raw = u._get("last_error")
+            problem = ExchangeProblem(from_iso(raw["at"]), raw["text"], raw.get("status"),  # type: ignore[arg-type]
+                                      raw.get("message")) if raw else None
+            return problem, int(u._get("webapp_failures", 0))
+
+    # housekeeping ---------------------------------------------------------
+    def archive_finished(self, now: datetime) -> int:
+        """Move finished outgoing and forwarded incoming records to the archive."""
+        with self.unit(now) as u:
+            done = u.finished()
+            forwarded = [d for d in u.db.table("incoming").all()
+                         if d["state"] == InState.FORWARDED.value]
+            if not done and not forwarded:
+                return 0
+            self.archive.append(now, [("out", m.to_dict()) for m in done]
+                                + [("in", dict(d)) for d in forwarded])
+            for m in done:
+                u.drop(m)
+            if forwarded:
+                u.db.table("incoming").remove(doc_ids=[d.doc_id for d in forwarded])
+            if u._get("purged_on") != now.date().isoformat():
+                self.archive.purge(now - self.retention)
+                u._set("purged_on", now.date().isoformat())
+            return len(done) + len(forwarded)
+
+    # commands -------------------------------------------------------------
+    def add_local(self, number: str, text: str, now: datetime) -> Outgoing:
+        """Queue a message from `smsgw send`; the webapp never hears of it."""
+        with self.unit(now) as u:
+            msg = Outgoing(id=f"{LOCAL_PREFIX}{uuid.uuid4()}", to=number, content=text,
+                           state=OutState.UNSENT, created=now, last_activity=now, due=now,
+                           local=True)
+            u.create(msg)
+        logger.info("local message %s to %s queued", msg.id, number)
+        return msg
+
+    def retry(self, ids: list[str], all_failed: bool, now: datetime) -> RetryResult:
+        """Restart FAILED messages from retry #1 (`smsgw retry`), in one unit of work.
+
+        An archived FAILED message comes back into the queue as the same record (the
+        archive marks it revived); a message in any other state is left as it is, and
+        nothing is written when nothing is retried.
+        """
+        result = RetryResult()
+        with self.unit(now) as u:
+            targets: list[Outgoing] = []
+            if all_failed:
+                targets = [m for m in u.outgoing() if m.state is OutState.FAILED]
+            for msg_id in ids:
+                msg = u.lookup(msg_id)
+                if msg is None:
+                    record = self.archive.find("out", msg_id)
+                    if record is None:
+                        result.not_found.append(msg_id)
+                        continue
+                    msg = Outgoing.from_dict(record)
+                    if msg.state is OutState.FAILED:
+                        self.archive.revive(now, msg.ref)
+                        u.add(msg)
+                if msg.state is not OutState.FAILED:
+                    result.wrong_state.append((msg.id, msg.state.value))
+                elif msg not in targets:
+                    targets.append(msg)
+            for msg in targets:
+                msg.retries = 0
+                msg.due = now
+                msg.reported = None  # a new attempt: the webapp hears UNSENT again
+                for part in msg.parts:
+                    if part.state is not PartState.SENT:
+                        part.move(PartState.UNSENT)
+                        part.row = None
+                u.transition(msg, OutState.UNSENT, "retry requested")
+                result.retried.append(msg.id)
+                logger.info("message %s to %s: retry requested by a person", msg.id, msg.to)
+        return result
+
+    # read views -------------------------------------------------------------
+    def summary(self, now: datetime) -> dict[str, Any]:
+        """Everything `smsgw status` shows (see views.summary)."""
+        from .views import summary
+
+        return summary(self, now)
+
+    def messages(self, now: datetime, limit: int, state: str | None = None) -> Listing:
+        """Messages for `smsgw messages` (see views.listing)."""
+        from .views import listing
+
+        return listing(self, now, limit, state)
