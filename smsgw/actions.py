@@ -75,6 +75,7 @@ def status(paths: Paths, settings: Settings, store: Store, now: datetime,
                   "notification_watcher": summary["watcher"]},
         "rate": {"parts_last_minute": summary["parts_last_minute"],
                  "max_parts_per_minute": settings.max_parts_per_minute},
+        "clock_jump": summary["clock_jump"],
     }
     text = json.dumps(data, indent=2) if as_json else _status_text(data, now)
     return Outcome(out=[scrub(text, settings.url)], code=code, data=data)
@@ -115,6 +116,10 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
                      f"{p['last_error']['text']}")
     if p["notification_watcher"]:
         lines.append(f"notifications: {p['notification_watcher']}")
+    if d.get("clock_jump"):
+        j = d["clock_jump"]
+        lines.append(f"clock:         jumped {'ahead' if j['seconds'] > 0 else 'back'} by "
+                     f"{abs(j['seconds'])} s at {fmt_time(j['at'], now)}")
     if d["last_failures"]:
         lines.append("recent failures:")
         for f in d["last_failures"][-5:]:

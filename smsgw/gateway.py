@@ -7,7 +7,9 @@ Knows no click, requests, subprocess or tinydb: it works through the Store, a we
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -16,6 +18,7 @@ from . import retry, segment
 from .config import Settings
 from .errors import PhoneError, StateError, WebappError
 from .models import (
+    RATE_WINDOW,
     Clock,
     Offered,
     Outgoing,
@@ -44,7 +47,16 @@ MAX_ROUNDS = 10  # POSTs in one cycle; bounds a webapp that keeps re-offering kn
 ROW_SLACK = timedelta(seconds=10)  # row dates have second resolution; phone clock jitter
 SETTLE = timedelta(seconds=5)  # a sent row may still flip to failed right after it appears
 DEFAULT_CAUSE = "the phone recorded the SMS as failed"
+CLOCK_JUMP = 300  # seconds the wall clock may drift from the monotonic one between cycles
 UNKNOWN_OUTCOME = "outcome unknown: no record on the phone"
+
+
+def _span(seconds: float) -> str:
+    """A duration for people: 90 s, 15 min, 3 h, 60 days."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 class WebappClient(Protocol):
@@ -126,16 +138,49 @@ class Gateway:
     """The cycle, over a store, a webapp client and a phone."""
 
     def __init__(self, store: Store, webapp: WebappClient | None, phone: Phone,
-                 settings: Settings, clock: Clock = utcnow) -> None:
+                 settings: Settings, clock: Clock = utcnow,
+                 monotonic: Callable[[], float] | None = None) -> None:
         self.store = store
         self.webapp = webapp
         self.phone = phone
         self.settings = settings
         self.clock = clock
+        # A test that moves the clock moves time itself, unless it says otherwise.
+        self.monotonic = monotonic or (time.monotonic if clock is utcnow
+                                       else lambda: clock().timestamp())
+        # Parts this process handed over, by monotonic time: a clock that jumps ahead
+        # must not empty the rate window.
+        self._sent: list[tuple[float, int]] = []
+        self._last_tick: tuple[datetime, float] | None = None
+
+    def _watch_clock(self) -> None:
+        """Log and record a jump of the wall clock against the monotonic one."""
+        now, mono = self.clock(), self.monotonic()
+        if self._last_tick is not None:
+            wall0, mono0 = self._last_tick
+            jump = (now - wall0).total_seconds() - (mono - mono0)
+            if abs(jump) > CLOCK_JUMP:
+                logger.warning("the clock jumped %s by %s (from %s to %s)",
+                               "ahead" if jump > 0 else "back", _span(abs(jump)),
+                               wall0.isoformat(timespec="seconds"),
+                               now.isoformat(timespec="seconds"))
+                self.store.record_clock_jump(now, jump)
+        self._last_tick = (now, mono)
+
+    def _recent_parts(self) -> tuple[int, float | None]:
+        """Parts this process handed over within the rate window by the monotonic clock,
+        and the seconds until the oldest of them leaves it."""
+        mono = self.monotonic()
+        window = RATE_WINDOW.total_seconds()
+        self._sent = [(t, n) for t, n in self._sent if mono - t < window]
+        if not self._sent:
+            return 0, None
+        return sum(n for _, n in self._sent), window - (mono - self._sent[0][0])
 
     def cycle(self) -> CycleReport:
         """One full cycle, in the protocol's order. Failures of one step are reported."""
         report = CycleReport()
+        self._watch_clock()
         for step in (self.read_inbox, self.exchange, self.send_due, self.reconcile,
                      self.housekeeping):
             try:
@@ -256,15 +301,22 @@ class Gateway:
         todo = [i for i, p in enumerate(msg.parts)
                 if p.state in (PartState.UNSENT, PartState.FAILED)]
         cost = sum(segment.count_parts(msg.parts[i].text) for i in todo)
-        log = u.rate_log
-        used = log.used(u.now)
+        log = u.rate_log.clamped(u.now)
+        if log != u.rate_log:
+            u.rate_log = log  # saved now, so that the entries age from here
+        mono_used, mono_wait = self._recent_parts()
+        used = max(log.used(u.now), mono_used)
         if used and cost > self.settings.max_parts_per_minute - used:
             logger.info("rate limit: %d parts in the last minute; message %s waits", used,
                         msg.id)
-            return _RateLimited(log.next_free(u.now) or u.now)
+            waits = [t for t in (log.next_free(u.now),
+                                 None if mono_wait is None else u.now + timedelta(
+                                     seconds=mono_wait)) if t is not None]
+            return _RateLimited(max(waits) if waits else u.now)
         for i in todo:
             msg.parts[i].move(PartState.SENDING)
             msg.parts[i].handoff = u.now
+        self._sent.append((self.monotonic(), cost))
         u.rate_log = log.add(u.now, cost)
         u.transition(msg, OutState.SENDING)
         return _Handoff(msg.ref, msg.to, [(i, msg.parts[i].text) for i in todo])

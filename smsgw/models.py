@@ -298,6 +298,11 @@ class RateLog:
     def add(self, now: datetime, parts: int) -> RateLog:
         return RateLog(self.within(now).entries + ((now, parts),))
 
+    def clamped(self, now: datetime) -> RateLog:
+        """Entries dated in the future (the clock went back) as if made now: they leave
+        the window a minute from now instead of blocking sends for as long as the jump."""
+        return RateLog(tuple((min(at, now), n) for at, n in self.entries))
+
 
 @dataclass(frozen=True)
 class PhoneProblem:

@@ -134,6 +134,9 @@ def test_archive_retention_purges_old_days(tmp_path):
     with store.unit(T0) as u:
         walk(u, "m1", OutState.SENDING, OutState.PENDING, OutState.SENT)
     store.archive_finished(T0)
+    for day in range(1, 31):  # the gateway runs every day: retention counts days it saw
+        store.archive_finished(T0 + timedelta(days=day))
+    assert store.archive.status_of("m1") == ("SENT", None)
     later = T0 + timedelta(days=31)
     store.complete_exchange(store.next_batch(later), [offered(2)], later)
     with store.unit(later) as u:
@@ -259,3 +262,29 @@ def test_a_status_older_than_the_last_reported_is_not_queued(tmp_path):
     # ... and a re-offer of the id is answered with what the webapp last heard.
     store.complete_exchange(store.next_batch(T0), [offered(1)], T0)
     assert [(x.id, x.status) for x in store.next_batch(T0).updates] == [("m1", "PENDING")]
+
+
+def _sent(store, msg_id_number, at):
+    store.complete_exchange(store.next_batch(at), [offered(msg_id_number)], at)
+    with store.unit(at) as u:
+        walk(u, f"m{msg_id_number}", OutState.SENDING, OutState.PENDING, OutState.SENT)
+    store.archive_finished(at)
+
+
+def test_a_clock_60_days_ahead_for_a_cycle_forgets_no_id(tmp_path):
+    store = Store(tmp_path / "state", retention_days=30)
+    for day in range(10):
+        _sent(store, day, T0 + timedelta(days=day))
+    store.archive_finished(T0 + timedelta(days=70))  # one cycle with the clock far ahead
+    store.archive_finished(T0 + timedelta(days=10))  # corrected
+    fresh = Store(tmp_path / "state")
+    assert all(fresh.archive.status_of(f"m{day}") == ("SENT", None) for day in range(10))
+
+
+def test_sends_made_while_the_clock_was_behind_survive_its_correction(tmp_path):
+    store = Store(tmp_path / "state", retention_days=30)
+    behind = T0 - timedelta(days=400)
+    _sent(store, 1, behind)  # archived into a file named a year ago
+    store.archive_finished(T0)  # the clock is right again
+    store.archive_finished(T0 + timedelta(days=1))
+    assert Store(tmp_path / "state").archive.status_of("m1") == ("SENT", None)

@@ -365,6 +365,11 @@ class Store:
                                   "status": status, "message": message})
             u._set("webapp_failures", int(u._get("webapp_failures", 0)) + 1)
 
+    def record_clock_jump(self, now: datetime, seconds: float) -> None:
+        """Remember the last jump of the wall clock, for `smsgw status`."""
+        with self.unit(now) as u:
+            u._set("clock_jump", {"at": to_iso(now), "seconds": round(seconds)})
+
     def exchange_problem(self, now: datetime) -> tuple[ExchangeProblem | None, int]:
         """The last failed exchange, and how many failed since the last good one."""
         with self.unit(now) as u:
@@ -375,23 +380,52 @@ class Store:
 
     # housekeeping ---------------------------------------------------------
     def archive_finished(self, now: datetime) -> int:
-        """Move finished outgoing and forwarded incoming records to the archive."""
+        """Move finished outgoing and forwarded incoming records to the archive, and drop
+        the day files past retention."""
+        self.archive.refresh()  # the slow part, if any, outside the lock
         with self.unit(now) as u:
             done = u.finished()
             forwarded = [d for d in u.db.table("incoming").all()
                          if d["state"] == InState.FORWARDED.value]
-            if not done and not forwarded:
-                return 0
-            self.archive.append(now, [("out", m.to_dict()) for m in done]
-                                + [("in", dict(d)) for d in forwarded])
+            written = None
+            if done or forwarded:
+                written = self.archive.append(now, [("out", m.to_dict()) for m in done]
+                                              + [("in", dict(d)) for d in forwarded])
             for m in done:
                 u.drop(m)
             if forwarded:
                 u.db.table("incoming").remove(doc_ids=[d.doc_id for d in forwarded])
-            if u._get("purged_on") != now.date().isoformat():
-                self.archive.purge(now - self.retention)
-                u._set("purged_on", now.date().isoformat())
+            self._retain(u, now, written)
             return len(done) + len(forwarded)
+
+    def _retain(self, u: Unit, now: datetime, written: str | None) -> None:
+        """Drop the day files older than retention, by a measure no clock jump collapses.
+
+        Age counts the days the gateway saw (a tick each time the date changes, whatever
+        the jump), and a file is dropped only when it is that many ticks old AND older than
+        retention by the clock: a clock 60 days ahead, or far behind and then corrected,
+        costs a tick or two, never the dedup of the ids archived meanwhile.
+        """
+        today = now.date().isoformat()
+        new_day = u._get("last_day") != today
+        if not new_day and written is None:
+            return
+        tick = int(u._get("day_tick", 0)) + (1 if new_day else 0)
+        u._set("day_tick", tick)
+        u._set("last_day", today)
+        days: dict[str, int] = dict(u._get("archive_days", {}))
+        if written is not None:
+            days[written] = tick
+        names = self.archive.file_names()
+        for name in names:
+            days.setdefault(name, tick)  # first seen now (e.g. written by 0.1): a full term
+        keep_ticks = self.retention.days
+        cutoff = (now - self.retention).date().isoformat()
+        expired = [n for n in names if tick - days[n] >= keep_ticks and n[:10] < cutoff]
+        if expired:
+            self.archive.remove(expired)
+        u._set("archive_days", {n: t for n, t in days.items()
+                                if n in names and n not in expired})
 
     # commands -------------------------------------------------------------
     def add_local(self, number: str, text: str, now: datetime) -> Outgoing:

@@ -51,6 +51,7 @@ def summary(store: Store, now: datetime) -> dict[str, Any]:
                                                        "text": phone.text},
             "parts_last_minute": u.rate_log.used(now),
             "watcher": u.watcher,
+            "clock_jump": u._get("clock_jump"),
         }
 
 
