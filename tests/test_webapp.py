@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import gzip
 import json
 import logging
+import signal
 import socket
 import ssl
 import struct
@@ -85,6 +87,7 @@ class Reply:
     stall_after: int | None = None  # send this many body bytes, then hang
     reset_after: int | None = None  # send this many body bytes, then reset the connection
     stream: Callable[[], Iterator[bytes]] | None = None  # close-delimited body, chunk by chunk
+    write: Callable[[Handler], None] | None = None  # writes the whole raw answer itself
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -109,6 +112,11 @@ class Handler(BaseHTTPRequestHandler):
         self.server.seen.append(seen)
         reply = self.server.responder(seen)
         if reply.delay and self.server.stop.wait(reply.delay):
+            return
+        if reply.write is not None:
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # the client hung up
+                reply.write(self)
             return
         payload = gzip.compress(reply.body) if reply.gzip else reply.body
         self.send_response(reply.status)
@@ -856,9 +864,393 @@ def test_redirect_to_a_login_page_says_to_check_the_password(server, make_client
 
     server.responder = respond
     for call in (lambda c: c.exchange(MSGS, []), lambda c: c.handshake()):
-        err = raised(lambda: call(make_client(server.url())))
-        where = f"http://127.0.0.1:{server.server_address[1]}/medic/login?redirect=***"  # query values hidden
+        err = raised(lambda call=call: call(make_client(server.url())))
+        # query values hidden
+        where = f"http://127.0.0.1:{server.server_address[1]}/medic/login?redirect=***"
         assert str(err) == (f"the webapp redirected to a login page (HTTP 302 to {where}): "
                             "check the user and password in the URL")
         assert err.status == 302
         assert PASSWORD not in str(err)
+
+
+# --- errors by name: a bug of smsgw is not a webapp failure --------------------------------
+
+ERROR_JSON = Reply(500, b'{"error": true, "message": "db down"}')
+NOT_FOUND_HTML = Reply(404, b"<h1>Not Found</h1>", headers=[("Content-Type", "text/html")])
+
+
+@pytest.mark.parametrize("helper, exc, reply, call", [
+    ("parse_response", TypeError, Reply(), "exchange"),
+    ("_error_message", TypeError, ERROR_JSON, "exchange"),
+    ("_error_message", ValueError, ERROR_JSON, "exchange"),
+    ("_snippet", ValueError, NOT_FOUND_HTML, "handshake"),
+    ("_login_redirect", KeyError, Reply(), "handshake"),
+    ("_human_size", ValueError, Reply(body=b" " * 5000), "exchange"),
+    ("_redirect_target", TypeError, Reply(307, b"", headers=[("Location", "/new/")]),
+     "exchange"),
+])
+def test_a_bug_in_answer_handling_propagates_as_itself(server, make_client, monkeypatch,
+                                                       helper, exc, reply, call):
+    import smsgw.webapp
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise exc("a bug in smsgw")
+
+    monkeypatch.setattr(smsgw.webapp, helper, broken)
+    server.reply(reply)
+    client = make_client(server.url(), max_body=4096)
+    with pytest.raises(exc) as info:
+        client.handshake() if call == "handshake" else client.exchange(MSGS, [])
+    assert not isinstance(info.value, WebappError)
+    assert str(info.value) in ("a bug in smsgw", "'a bug in smsgw'")
+
+
+def test_only_the_missing_ca_bundle_oserror_is_a_webapp_error(tls_server, make_client,
+                                                                monkeypatch, tmp_path):
+    """requests raises a plain OSError for a missing CA bundle; any other OSError is a bug."""
+    import requests.adapters
+
+    missing = str(tmp_path / "nope.pem")
+    err = raised(lambda: make_client(tls_server.url(), ca_bundle=missing).handshake())
+    assert str(err).startswith(f"cannot use the CA bundle {missing}: Could not find a "
+                               "suitable TLS CA certificate bundle")
+
+    def cert_verify(*args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "cert_verify", cert_verify)
+    with pytest.raises(PermissionError):
+        make_client(tls_server.url()).handshake()
+
+
+def test_bad_host_label_is_an_invalid_url(make_client):
+    """urllib3 raises its LocationParseError itself, unwrapped by requests."""
+    err = raised(lambda: make_client("http://gw:pw@a..b/x").exchange([], []))
+    assert str(err).startswith("invalid webapp URL: ") and "label" in str(err)
+
+
+# --- deadline of a whole exchange ------------------------------------------------------------
+
+HEAD_200 = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\nConnection: close\r\n\r\n")
+HEAD_200_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+
+
+def trickle(at_once: bytes, slowly: bytes, every: float = 1.0) -> Callable[[Handler], None]:
+    """A raw answer: `at_once` in one go, then `slowly` one byte each `every` seconds."""
+    def write(handler: Handler) -> None:
+        handler.wfile.write(at_once)
+        handler.wfile.flush()
+        for i in range(len(slowly)):
+            if handler.server.stop.wait(every):
+                return
+            handler.wfile.write(slowly[i:i + 1])
+            handler.wfile.flush()
+    return write
+
+
+DEADLINE_TEXT = "the webapp at 127.0.0.1 did not finish answering within 2 s"
+
+TRICKLES = {
+    "body with a length": trickle(HEAD_200, b" " * 100),
+    # cut short, this body would read as a clean (empty) answer: it must not count as one
+    "body until close": trickle(HEAD_200_CLOSE, b" " * 100 + b"{}"),
+    "status line and headers": trickle(b"", HEAD_200 + b" " * 100),
+    "chunked body": trickle(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            b"1\r\n \r\n" * 50),
+}
+
+
+@pytest.mark.parametrize("call", ["exchange", "handshake"])
+@pytest.mark.parametrize("how", sorted(TRICKLES))
+def test_deadline_ends_a_trickling_answer(server, make_client, how, call):
+    server.reply(Reply(write=TRICKLES[how]))
+    client = make_client(server.url(), read_timeout=30, deadline=2)
+    began = time.monotonic()
+    err = raised(client.handshake if call == "handshake" else lambda: client.exchange(MSGS, []))
+    assert time.monotonic() - began < 20
+    assert str(err) == DEADLINE_TEXT
+    assert err.status is None
+    assert_no_secret(err)
+    # the client is still usable
+    server.reply(Reply(body=json.dumps(OFFER).encode()))
+    assert client.exchange([], []) == [Offered("m1", "+254700000002", "hi")]
+
+
+def test_deadline_shortens_the_read_timeout(server, make_client):
+    """A webapp that answers nothing for longer than the time left ends at the deadline."""
+    server.reply(Reply(delay=30))
+    began = time.monotonic()
+    err = raised(lambda: make_client(server.url(), read_timeout=30, deadline=2)
+                 .exchange(MSGS, []))
+    assert time.monotonic() - began < 20
+    assert str(err) == DEADLINE_TEXT
+    assert len(server.seen) == 1
+
+
+def test_deadline_over_tls(tls_server, make_client, ca, tmp_path: Path):
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    tls_server.reply(Reply(write=trickle(HEAD_200, b" " * 100)))
+    client = make_client(tls_server.url(), ca_bundle=str(bundle), deadline=2)
+    began = time.monotonic()
+    err = raised(lambda: client.exchange(MSGS, []))
+    assert time.monotonic() - began < 20
+    assert str(err) == DEADLINE_TEXT
+
+
+def test_deadline_covers_the_redirects(server, make_client):
+    server.reply(Reply(307, b"", headers=[("Location", PATH)], delay=0.8))
+    err = raised(lambda: make_client(server.url(), deadline=2).exchange(MSGS, []))
+    assert str(err) == DEADLINE_TEXT
+    assert len(server.seen) < 6  # it did not get as far as "too many redirects"
+
+
+def test_deadline_must_be_positive():
+    with pytest.raises(ValueError):
+        WebappClient("http://127.0.0.1/x", deadline=0)
+
+
+def test_quick_exchanges_are_untouched_by_the_deadline(server, make_client):
+    server.reply(Reply(body=json.dumps(OFFER).encode()))
+    client = make_client(server.url(), deadline=0.5)
+    for _ in range(3):
+        assert client.exchange([], []) == [Offered("m1", "+254700000002", "hi")]
+        time.sleep(0.3)  # a watchdog left over from an earlier exchange would cut this one
+    assert len(server.seen) == 3
+
+
+# --- abort -------------------------------------------------------------------------------
+
+def abort_soon(client: WebappClient, after: float = 0.5) -> threading.Thread:
+    thread = threading.Thread(target=lambda: (time.sleep(after), client.abort()), daemon=True)
+    thread.start()
+    return thread
+
+
+STUCK = {
+    "before the answer": Reply(delay=30),
+    "mid body": Reply(body=json.dumps(OFFER).encode(), stall_after=10),
+    "trickling": Reply(write=trickle(HEAD_200, b" " * 100)),
+}
+
+
+@pytest.mark.parametrize("how", sorted(STUCK))
+def test_abort_from_a_thread_ends_a_stuck_exchange(server, make_client, how):
+    server.reply(STUCK[how])
+    client = make_client(server.url(), read_timeout=30)
+    began = time.monotonic()
+    thread = abort_soon(client)
+    err = raised(lambda: client.exchange(MSGS, []))
+    thread.join()
+    assert time.monotonic() - began < 20
+    assert str(err) == "stopped"
+    assert err.status is None and err.__cause__ is None and err.__context__ is None
+    server.reply(Reply(body=json.dumps(OFFER).encode()))  # stopped, not broken
+    assert client.exchange([], []) == [Offered("m1", "+254700000002", "hi")]
+
+
+def test_abort_over_tls(tls_server, make_client, ca, tmp_path: Path):
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    tls_server.reply(Reply(body=json.dumps(OFFER).encode(), stall_after=10))
+    client = make_client(tls_server.url(), ca_bundle=str(bundle), read_timeout=30)
+    thread = abort_soon(client)
+    err = raised(client.handshake)
+    thread.join()
+    assert str(err) == "stopped"
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs SIGALRM")
+def test_abort_from_a_signal_handler(server, make_client):
+    server.reply(Reply(delay=30))
+    client = make_client(server.url(), read_timeout=30)
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: client.abort())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        began = time.monotonic()
+        err = raised(lambda: client.exchange(MSGS, []))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - began < 20
+    assert str(err) == "stopped"
+
+
+def test_abort_when_idle_changes_nothing(server, make_client):
+    client = make_client(server.url())
+    client.abort()
+    assert client.exchange([], []) == []
+    client.abort()
+    client.exchange([], [])
+    assert len(server.seen) == 2
+
+
+# --- redirects off the webapp's origin -------------------------------------------------------
+
+@pytest.fixture
+def other_server() -> Iterator[FakeWebapp]:
+    """A second webapp on another port: where a redirect should not take the batch."""
+    yield from start(FakeWebapp())
+
+
+def redirect_to(url: str, status: int = 307) -> Reply:
+    return Reply(status, b"", headers=[("Location", url)])
+
+
+def other_url(srv: FakeWebapp, host: str = "127.0.0.1", scheme: str = "http") -> str:
+    return f"{scheme}://{host}:{srv.server_address[1]}/elsewhere/?key={QUERY_SECRET}"
+
+
+@pytest.mark.parametrize("status", [302, 303, 307, 308])
+@pytest.mark.parametrize("host, what", [("127.0.0.1", "port"), ("localhost", "host")])
+def test_redirect_to_another_origin_is_refused(server, other_server, make_client, status,
+                                               host, what):
+    server.reply(redirect_to(other_url(other_server, host), status))
+    err = raised(lambda: make_client(server.url()).exchange(MSGS, UPDATES))
+    port = other_server.server_address[1]
+    where = f"http://{host}:{port}/elsewhere/?key=***"
+    assert str(err) == (
+        f"refused the webapp's redirect (HTTP {status}) to {where}: another {what} than the "
+        f"webapp URL's; if it is right, configure that URL, or allow redirects to {host}:{port}")
+    assert err.status == status
+    assert other_server.seen == []
+    assert_no_secret(err)
+
+
+@pytest.mark.parametrize("allow", ["localhost", "LOCALHOST", "localhost:{port}"])
+def test_redirect_to_an_allowed_host_is_followed(server, other_server, make_client, allow):
+    server.reply(redirect_to(other_url(other_server, "localhost")))
+    other_server.reply(Reply(body=json.dumps(OFFER).encode()))
+    port = other_server.server_address[1]
+    client = make_client(server.url(), allow_redirects_to=[allow.format(port=port)])
+    assert client.exchange(MSGS, UPDATES) == [Offered("m1", "+254700000002", "hi")]
+    (seen,) = other_server.seen
+    assert seen.method == "POST"
+    assert seen.path == f"/elsewhere/?key={QUERY_SECRET}"
+    assert seen.json() == {"messages": MSGS, "updates": UPDATES}
+    assert seen.header("Authorization")  # an allowed host is trusted like the webapp
+
+
+def test_allowed_host_on_another_port_is_still_refused(server, other_server, make_client):
+    server.reply(redirect_to(other_url(other_server, "localhost")))
+    client = make_client(server.url(), allow_redirects_to=["localhost:1", "example.org"])
+    err = raised(lambda: client.exchange(MSGS, []))
+    assert "another host" in str(err)
+    assert other_server.seen == []
+
+
+def test_https_to_http_is_never_followed(tls_server, server, make_client, ca, tmp_path):
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    target = f"http://127.0.0.1:{server.server_address[1]}/plain/?key={QUERY_SECRET}"
+    tls_server.reply(redirect_to(target, 301))
+    allow = ["127.0.0.1", f"127.0.0.1:{server.server_address[1]}"]
+    client = make_client(tls_server.url(), ca_bundle=str(bundle), allow_redirects_to=allow)
+    for call in (client.handshake, lambda: client.exchange(MSGS, [])):
+        tls_server.reply(redirect_to(target, 301 if call is client.handshake else 308))
+        err = raised(call)
+        assert "from https to http://127.0.0.1:" in str(err)
+        assert "unencrypted" in str(err)
+        assert_no_secret(err)
+    assert server.seen == []
+
+
+def test_http_to_https_only_when_allowed(server, tls_server, make_client, ca, tmp_path):
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    server.reply(redirect_to(other_url(tls_server, scheme="https")))
+    tls_server.reply(Reply(body=json.dumps(OFFER).encode()))
+    err = raised(lambda: make_client(server.url(), ca_bundle=str(bundle)).exchange(MSGS, []))
+    assert "another scheme than the webapp URL's" in str(err)
+    assert tls_server.seen == []
+    client = make_client(server.url(), ca_bundle=str(bundle), allow_redirects_to=["127.0.0.1"])
+    assert client.exchange(MSGS, []) == [Offered("m1", "+254700000002", "hi")]
+    assert tls_server.seen[-1].json() == {"messages": MSGS, "updates": []}
+
+
+@pytest.mark.parametrize("location", ["ftp://127.0.0.1/x", "file:///etc/passwd"])
+def test_redirect_to_another_kind_of_url_is_refused(server, make_client, location):
+    server.reply(redirect_to(location))
+    err = raised(lambda: make_client(server.url(), allow_redirects_to=["127.0.0.1"])
+                 .exchange(MSGS, []))
+    assert "not an http or https URL" in str(err)
+
+
+def test_redirect_to_an_invalid_url(server, make_client):
+    server.reply(redirect_to("http://[::1/x"))
+    err = raised(lambda: make_client(server.url()).exchange(MSGS, []))
+    assert str(err) == "the webapp redirected (HTTP 307) to an invalid URL"
+    assert err.status == 307
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_same_origin_redirect_with_an_absolute_url(server, make_client, status):
+    def respond(seen: Seen) -> Reply:
+        if seen.path.startswith("/old"):
+            port = server.server_address[1]
+            return redirect_to(f"http://127.0.0.1:{port}/new/?key={QUERY_SECRET}", status)
+        return Reply(body=b'{"medic-gateway": true}')
+
+    server.responder = respond
+    make_client(server.url("/old/")).handshake()
+    assert [(s.method, s.path) for s in server.seen] == [
+        ("GET", "/old/"), ("GET", f"/new/?key={QUERY_SECRET}")]
+    assert server.seen[1].header("Authorization")
+
+
+def test_redirect_body_is_read_so_the_connection_is_kept(server, make_client):
+    def respond(seen: Seen) -> Reply:
+        if seen.path.startswith("/old"):
+            return Reply(307, b"<p>moved</p>", headers=[("Location", "/new/")])
+        return Reply(body=json.dumps(OFFER).encode())
+
+    server.responder = respond
+    ports: set[int] = set()
+    original = Handler.serve
+
+    def serve(handler: Handler) -> None:
+        ports.add(handler.client_address[1])
+        original(handler)
+
+    Handler.serve = serve  # type: ignore[method-assign]
+    try:
+        assert make_client(server.url("/old/")).exchange(MSGS, []) != []
+    finally:
+        Handler.serve = original  # type: ignore[method-assign]
+    assert len(ports) == 1
+
+
+@pytest.mark.parametrize("entry", ["", "a/b", "user@host", "http://host", "host:port"])
+def test_bad_allow_redirects_to_entries(entry):
+    with pytest.raises(ValueError):
+        WebappClient("http://127.0.0.1/x", allow_redirects_to=[entry])
+
+
+def test_redirect_body_is_not_read_whole(server, make_client):
+    def respond(seen: Seen) -> Reply:
+        if seen.path.startswith("/old"):
+            return Reply(307, headers=[("Location", "/new/")], stream=zeros(50 << 20))
+        return Reply(body=json.dumps(OFFER).encode())
+
+    server.responder = respond
+    client = make_client(server.url("/old/"))
+    got: list[list[Offered]] = []
+    peak = peak_memory(lambda: got.append(client.exchange(MSGS, [])))
+    assert got == [[Offered("m1", "+254700000002", "hi")]]
+    assert peak < 4 << 20, peak
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"-1", b"1e3", b" 12 "])
+def test_odd_content_length_is_not_a_crash(server, make_client, length):
+    server.reply(Reply(write=lambda h: h.wfile.write(
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\nConnection: close\r\n\r\n{}")))
+    with contextlib.suppress(WebappError):  # refusing it is fine; a ValueError would not be
+        assert make_client(server.url()).exchange([], []) == []
+
+
+def test_conflicting_content_lengths_are_a_webapp_error(server, make_client):
+    server.reply(Reply(write=lambda h: h.wfile.write(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{} ")))
+    err = raised(lambda: make_client(server.url()).exchange([], []))
+    assert "invalid header" in str(err) and "Content-Length" in str(err)
