@@ -136,7 +136,16 @@ class Daemon:
                 os.write(self._pipe[1], b"x")
 
     def _on_stop(self, signum: int, _frame: Any) -> None:
+        first = self._stop_signal is None
         self._stop_signal = signum
+        # An exchange is safe to cut (what it carried stays queued); a send never is: the
+        # gateway stops at its next safe point, between steps or messages.
+        stop = getattr(self.gateway, "stop", None)
+        if stop is not None:
+            stop()
+        if first:  # os.write is safe in a signal handler; logging is not
+            with contextlib.suppress(OSError):
+                os.write(2, b"smsgw: stopping after the current step\n")
         self._poke()
 
     def _on_wake(self, _signum: int, _frame: Any) -> None:

@@ -152,6 +152,15 @@ class Gateway:
         # must not empty the rate window.
         self._sent: list[tuple[float, int]] = []
         self._last_tick: tuple[datetime, float] | None = None
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Stop at the next safe point: cut an exchange in progress (what it carried stays
+        queued), never a send between its intent and its record. Signal-safe."""
+        self.stopping = True
+        abort = getattr(self.webapp, "abort", None)
+        if abort is not None:
+            abort()
 
     def _watch_clock(self) -> None:
         """Log and record a jump of the wall clock against the monotonic one."""
@@ -183,6 +192,8 @@ class Gateway:
         self._watch_clock()
         for step in (self.read_inbox, self.exchange, self.send_due, self.reconcile,
                      self.housekeeping):
+            if self.stopping:
+                break
             try:
                 step(report)
             except StateError:
@@ -217,6 +228,8 @@ class Gateway:
         if self.webapp is None:
             return
         for _ in range(MAX_ROUNDS):
+            if self.stopping:
+                return
             now = self.clock()
             batch = self.store.next_batch(now)
             try:
@@ -264,6 +277,8 @@ class Gateway:
             due = u.due(now)
         done: _Handoff | None = None
         for ref in due:
+            if self.stopping:
+                break
             with self.store.unit(self.clock()) as u:
                 if done is not None:
                     self._finish(u, done, report)
