@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Paths, Settings, redact_url, scrub
 from .errors import ExitCode, UserError
+from .models import printable
 
 if TYPE_CHECKING:
     from .store import Store
@@ -94,7 +95,8 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
         err = w["last_error"]
         said = f" — webapp said: {err['message']}" if err.get("message") else ""
         mark = "FAILING" if w["failing"] else "earlier"
-        lines.append(f"last error:    [{mark}] {fmt_time(err['at'], now)}: {err['text']}{said}")
+        lines.append(f"last error:    [{mark}] {fmt_time(err['at'], now)}: "
+                     f"{printable(err['text'])}{printable(said)}")
     q = d["queues"]
     out = ", ".join(f"{k} {v}" for k, v in q["outgoing"].items() if v) or "empty"
     lines.append(f"outgoing:      {out}")
@@ -104,7 +106,8 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
                  f"{q['updates_queued']} status updates queued")
     if q["oldest_waiting"]:
         o = q["oldest_waiting"]
-        lines.append(f"oldest unsent: {o['id']} to {o['to']} since {fmt_time(o['since'], now)}")
+        lines.append(f"oldest unsent: {printable(o['id'])} to {printable(o['to'])} since "
+                     f"{fmt_time(o['since'], now)}")
     if q["next_retry"]:
         lines.append(f"next retry:    {fmt_time(q['next_retry'], now)}")
     r = d["rate"]
@@ -113,7 +116,7 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
     p = d["phone"]
     if p["last_error"]:
         lines.append(f"phone error:   {fmt_time(p['last_error']['at'], now)}: "
-                     f"{p['last_error']['text']}")
+                     f"{printable(p['last_error']['text'])}")
     if p["notification_watcher"]:
         lines.append(f"notifications: {p['notification_watcher']}")
     if d.get("clock_jump"):
@@ -123,7 +126,8 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
     if d["last_failures"]:
         lines.append("recent failures:")
         for f in d["last_failures"][-5:]:
-            lines.append(f"  {f['id']}  to {f['to']}: {f['reason']}")
+            lines.append(f"  {printable(f['id'])}  to {printable(f['to'])}: "
+                         f"{printable(f['reason'])}")
     lines.append("status:        " + ("healthy" if d["healthy"] else "UNHEALTHY"))
     return "\n".join(lines)
 
@@ -152,9 +156,10 @@ def retry(paths: Paths, store: Store, ids: list[str], all_failed: bool,
     from .daemon import wake
 
     res = store.retry(ids, all_failed, now)
-    result = Outcome(out=[f"{i}: queued again" for i in res.retried])
-    result.err += [f"{i}: no such message (see smsgw messages)" for i in res.not_found]
-    result.err += [f"{i}: is {state}, not FAILED; nothing to retry"
+    p = printable
+    result = Outcome(out=[f"{p(i)}: queued again" for i in res.retried])
+    result.err += [f"{p(i)}: no such message (see smsgw messages)" for i in res.not_found]
+    result.err += [f"{p(i)}: is {state}, not FAILED; nothing to retry"
                    for i, state in res.wrong_state]
     if all_failed and not res.retried:
         result.out.append("no FAILED message to retry")

@@ -65,6 +65,18 @@ class SecretFilter(logging.Filter):
         return True
 
 
+class OneLineFormatter(logging.Formatter):
+    """Each event on one line: control characters in a message (an id or a reason from the
+    webapp holding a newline or ESC) are escaped, so no line of the log can be forged.
+    A traceback, added after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        from .models import printable
+
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(paths: Paths, debug: bool, console: bool, url: str | None) -> None:
     """Event log: a rotating file (0600), plus stderr for foreground commands."""
     from logging.handlers import RotatingFileHandler
@@ -77,7 +89,7 @@ def setup_logging(paths: Paths, debug: bool, console: bool, url: str | None) -> 
     root.handlers.clear()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    fmt = OneLineFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     secret_filter = SecretFilter(url)
     handler = RotatingFileHandler(paths.log_file, maxBytes=1_000_000, backupCount=3,
                                   encoding="utf-8")
@@ -249,7 +261,7 @@ def status(c: Ctx, as_json: bool) -> None:
 @pass_ctx
 def messages(c: Ctx, state_filter: str | None, limit: int, as_json: bool) -> None:
     """List messages from the webapp and SMS to the webapp, with their history."""
-    from .models import utcnow
+    from .models import printable, utcnow
 
     listing = c.store().messages(utcnow(), limit, state_filter.upper() if state_filter else None)
     out, incoming = listing.outgoing, listing.incoming
@@ -257,17 +269,18 @@ def messages(c: Ctx, state_filter: str | None, limit: int, as_json: bool) -> Non
         click.echo(json.dumps({"from_webapp": [m.to_dict() for m in out],
                                "to_webapp": [m.to_dict() for m in incoming]}, indent=2))
         return
+    p = printable
     click.echo(f"From webapp ({len(out)}):")
     for m in out:
         history = " → ".join(h.state for h in m.history)
-        reason = f" ({m.reason})" if m.reason else ""
-        click.echo(f"  {m.id}  to {m.to}  {m.state.value}{reason}  retries {m.retries}")
+        reason = f" ({p(m.reason)})" if m.reason else ""
+        click.echo(f"  {p(m.id)}  to {p(m.to)}  {m.state.value}{reason}  retries {m.retries}")
         click.echo(f"      {history}   {m.content[:60]!r}")
     if listing.more_outgoing:
         click.echo(f"  ... and {listing.more_outgoing} more (--limit)")
     click.echo(f"To webapp ({len(incoming)}):")
     for i in incoming:
-        click.echo(f"  {i.id}  from {i.from_}  {i.state.value}  {i.content[:60]!r}")
+        click.echo(f"  {i.id}  from {p(i.from_)}  {i.state.value}  {i.content[:60]!r}")
     if listing.more_incoming:
         click.echo(f"  ... and {listing.more_incoming} more (--limit)")
 

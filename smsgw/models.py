@@ -13,6 +13,17 @@ from .errors import InternalError
 Clock = Callable[[], datetime]
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL[ord("\\")] = "\\\\"
+
+
+def printable(value: object) -> str:
+    """`value` as text safe for one line of a log or a terminal: control characters
+    (newline, ESC, ...) and backslashes escaped, so nothing from a webapp or a phone can
+    forge a line or move the cursor."""
+    return str(value).translate(_CONTROL)
+
+
 def utcnow() -> datetime:
     """The real clock: timezone-aware UTC."""
     return datetime.now(timezone.utc)
