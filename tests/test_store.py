@@ -288,3 +288,25 @@ def test_sends_made_while_the_clock_was_behind_survive_its_correction(tmp_path):
     store.archive_finished(T0)  # the clock is right again
     store.archive_finished(T0 + timedelta(days=1))
     assert Store(tmp_path / "state").archive.status_of("m1") == ("SENT", None)
+
+
+def test_re_offering_12000_finished_ids_never_rereads_the_archive(tmp_path, monkeypatch):
+    """Each dedup lookup is a bisection and one read: no full scan under the state lock."""
+    from smsgw.models import Outgoing
+    from smsgw.store import Archive
+
+    store = Store(tmp_path / "state")
+    for start in range(0, 12_000, 1000):
+        store.archive.append(T0, [("out", Outgoing(
+            id=f"old-{i}", to="+254700000001", content="x", state=OutState.SENT,
+            created=T0, last_activity=T0).to_dict()) for i in range(start, start + 1000)])
+    scans = []
+    real_find = Archive.find
+    monkeypatch.setattr(Archive, "find", lambda self, *a, **k: scans.append(a) or
+                        real_find(self, *a, **k))
+    fresh = Store(tmp_path / "state")
+    offer = [(Offered(f"old-{i}", "+254700000001", "x"), None) for i in range(12_000)]
+    result = fresh.complete_exchange(fresh.next_batch(T0), offer, T0)
+    assert len(result.known) == 12_000 and result.new == []
+    assert scans == []
+    assert fresh.summary(T0)["updates_queued"] == 12_000

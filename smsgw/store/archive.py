@@ -189,10 +189,12 @@ class Archive:
             return None
         return entry if isinstance(entry, dict) else None
 
-    def status_of(self, msg_id: str) -> tuple[str, str | None] | None:
+    def status_of(self, msg_id: str, refresh: bool = True) -> tuple[str, str | None] | None:
         """The final status of an archived webapp message, or None if it is not archived
-        (or was brought back into the queue): a bisection and one short read."""
-        self.refresh()
+        (or was brought back into the queue): a bisection and one short read. With
+        `refresh=False` the caller has just refreshed the index."""
+        if refresh:
+            self.refresh()
         h = self._hash(msg_id)
         i = bisect.bisect_left(self._hashes, h)
         if i == len(self._hashes) or self._hashes[i] != h:

@@ -270,6 +270,7 @@ class Store:
         One write: if it is lost, the batch is simply posted again (at least once).
         """
         result = AcceptResult()
+        self.archive.refresh()  # before the lock: the lookups below then cost a read each
         with self.unit(now) as u:
             if batch.incoming:
                 ids = {m.id for m in batch.incoming}
@@ -311,9 +312,13 @@ class Store:
     def _accept(self, u: Unit, offered: list[tuple[Offered, str | None]],
                 result: AcceptResult) -> None:
         seen_now: set[str] = set()
+        if offered:
+            self.archive.refresh()  # only what was appended since, usually nothing
         for msg, invalid in offered:
-            if msg.id is not None and (msg.id in seen_now or self._known(u, msg.id)):
-                self._requeue_known(u, msg.id)
+            archived = None if msg.id is None else self.archive.status_of(msg.id, False)
+            if msg.id is not None and (msg.id in seen_now or u.get(msg.id) is not None
+                                       or archived is not None):
+                self._requeue_known(u, msg.id, archived)
                 result.known.append(msg.id)
                 continue
             if invalid is not None:
@@ -334,10 +339,8 @@ class Store:
             result.new.append(msg.id)
             logger.info("message %s to %s queued", msg.id, msg.to)
 
-    def _known(self, u: Unit, msg_id: str) -> bool:
-        return u.get(msg_id) is not None or self.archive.status_of(msg_id) is not None
-
-    def _requeue_known(self, u: Unit, msg_id: str) -> None:
+    def _requeue_known(self, u: Unit, msg_id: str,
+                       archived: tuple[str, str | None] | None) -> None:
         """A known id offered again: report its current status again, never send it again.
 
         Not when an update for it is already waiting to go: a webapp re-offers every
@@ -353,7 +356,7 @@ class Store:
                                      else OutState.UNSENT)
             u.queue_update(msg_id, state.value, msg.reason if state is OutState.FAILED else None)
         else:
-            status, reason = self.archive.status_of(msg_id) or ("FAILED", None)
+            status, reason = archived or ("FAILED", None)
             u.queue_update(msg_id, status, reason)
         logger.info("message %s offered again: status re-sent, not sent again", msg_id)
 

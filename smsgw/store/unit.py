@@ -62,8 +62,9 @@ class Unit:
                 f"this one knows {STATE_VERSION}); upgrade smsgw"
             )
         self._meta_dirty = False
-        self._new_updates: list[dict[str, Any]] = []
+        self._new_updates: dict[str, dict[str, Any]] = {}  # by id: the newest only
         self._superseded: set[str] = set()  # ids whose queued update a newer one replaces
+        self._queued_ids: set[str] | None = None  # ids with an update on disk
 
     # meta, for the store package only ------------------------------------------------
     def _get(self, key: str, default: Any = None) -> Any:
@@ -259,16 +260,16 @@ class Unit:
 
     def update_queued(self, msg_id: str) -> bool:
         """Whether a status update for this webapp id is waiting for a POST."""
-        return (any(n["id"] == msg_id for n in self._new_updates)
-                or (msg_id not in self._superseded
-                    and any(d["id"] == msg_id for d in self.db.table("updates").all())))
+        if self._queued_ids is None:
+            self._queued_ids = {d["id"] for d in self.db.table("updates").all()}
+        return msg_id in self._new_updates or msg_id in self._queued_ids
 
     def queue_update(self, msg_id: str, status: str, reason: str | None = None) -> None:
         """Queue a status for a webapp id; it replaces one still queued for that id, so the
         webapp never gets an older status after a newer one, in one POST or across POSTs."""
-        self._new_updates = [n for n in self._new_updates if n["id"] != msg_id]
+        self._new_updates.pop(msg_id, None)  # the newest goes last
         self._superseded.add(msg_id)
-        self._new_updates.append({"id": msg_id, "status": status, "reason": reason})
+        self._new_updates[msg_id] = {"id": msg_id, "status": status, "reason": reason}
 
     def queued_for_webapp(self) -> int:
         """Incoming SMS and status updates waiting for a POST."""
@@ -303,6 +304,6 @@ class Unit:
             if stale:
                 updates.remove(doc_ids=stale)
         if self._new_updates:
-            self.db.table("updates").insert_multiple(self._new_updates)
+            self.db.table("updates").insert_multiple(self._new_updates.values())
         if self._meta_dirty:
             self.db.table("meta").upsert(Document(self._meta, doc_id=1))
