@@ -37,19 +37,15 @@ class Archive:
     """Finished records, one append-only JSON-lines file a day, purged after retention.
 
     Every line carries a sequence number, so "latest" never depends on the clock or on file
-    names. The index of the webapp ids holds, sorted by a 64-bit hash of the id, where the
-    latest line of each id is (24 bytes an id: about 2.4 MB for 100,000): a dedup lookup is
-    a bisection and one short read, whatever the size of the archive. It is read
-    incrementally, only what was appended since the last look.
+    names. The index of the webapp ids holds, per day file, the 64-bit hashes of its ids
+    sorted, with the sequence number and offset of each line (24 bytes an id: about 2.4 MB
+    for 100,000): a dedup lookup is a bisection a file and one short read, whatever the
+    size of the archive. It is read incrementally, only what was appended since.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._hashes = array("Q")  # sorted
-        self._seqs = array("Q")  # the sequence number of the line each hash points to
-        self._locs = array("Q")  # file number << 40 | offset of that line
-        self._names: list[str] = []  # file number -> name
-        self._offsets: dict[str, int] = {}  # name -> bytes read so far
+        self._index: dict[str, _FileIndex] = {}  # day file name -> its ids
         self.next_seq = 1
 
     @staticmethod
@@ -122,22 +118,21 @@ class Archive:
         """Read what was appended since the last call into the id index."""
         files = self._files()
         names = {p.name for p in files}
-        if any(name not in names for name in self._offsets):  # purged elsewhere: again
-            self._reset()
-        fresh: list[tuple[int, int, int]] = []
+        for name in [n for n in self._index if n not in names]:  # removed by another process
+            del self._index[name]
         for path in files:
-            start = self._offsets.get(path.name, 0)
+            index = self._index.get(path.name)
+            start = index.read_to if index is not None else 0
             try:
                 if path.stat().st_size == start:
                     continue
             except FileNotFoundError:
                 continue
-            if path.name not in self._offsets:
-                self._names.append(path.name)
-            number = self._names.index(path.name)
-            read_to = start
+            if index is None:
+                index = self._index[path.name] = _FileIndex()
+            fresh: list[tuple[int, int, int]] = []
             for offset, end, entry in self._lines(path, start):
-                read_to = end
+                index.read_to = end
                 seq = entry.get("seq")
                 seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
                 self.next_seq = max(self.next_seq, seq + 1)
@@ -145,61 +140,22 @@ class Archive:
                 if (isinstance(rec, dict) and isinstance(rec.get("id"), str)
                         and rec.get("local") is not True  # dedup is of webapp ids
                         and entry.get("kind") in ("out", REVIVED)):
-                    fresh.append((self._hash(rec["id"]), seq, number << 40 | offset))
-            self._offsets[path.name] = read_to
-        if fresh:
-            self._merge(fresh)
-
-    def _reset(self) -> None:
-        self._hashes, self._seqs, self._locs = array("Q"), array("Q"), array("Q")
-        self._names, self._offsets = [], {}
-
-    def _merge(self, fresh: list[tuple[int, int, int]]) -> None:
-        """Add (hash, seq, loc) entries; for one hash the line of the highest seq wins (the
-        later line on a tie: old lines have no seq)."""
-        if len(fresh) <= 64:
-            for h, seq, loc in fresh:
-                i = bisect.bisect_left(self._hashes, h)
-                if i < len(self._hashes) and self._hashes[i] == h:
-                    if seq >= self._seqs[i]:
-                        self._seqs[i], self._locs[i] = seq, loc
-                else:
-                    self._hashes.insert(i, h)
-                    self._seqs.insert(i, seq)
-                    self._locs.insert(i, loc)
-            return
-        merged: dict[int, tuple[int, int]] = dict(
-            zip(self._hashes, zip(self._seqs, self._locs, strict=True), strict=True))
-        for h, seq, loc in fresh:
-            old = merged.get(h)
-            if old is None or seq >= old[0]:
-                merged[h] = (seq, loc)
-        keys = sorted(merged)
-        self._hashes = array("Q", keys)
-        self._seqs = array("Q", (merged[k][0] for k in keys))
-        self._locs = array("Q", (merged[k][1] for k in keys))
-
-    def _entry_at(self, loc: int) -> dict[str, Any] | None:
-        path = self.folder / self._names[loc >> 40]
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(loc & ((1 << 40) - 1))
-                entry = json.loads(fh.readline())
-        except (OSError, ValueError):
-            return None
-        return entry if isinstance(entry, dict) else None
+                    fresh.append((self._hash(rec["id"]), seq, offset))
+            index.add(fresh)
 
     def status_of(self, msg_id: str, refresh: bool = True) -> tuple[str, str | None] | None:
         """The final status of an archived webapp message, or None if it is not archived
-        (or was brought back into the queue): a bisection and one short read. With
-        `refresh=False` the caller has just refreshed the index."""
+        (or was brought back into the queue): a bisection a day file and one short read.
+        With `refresh=False` the caller has just refreshed the index."""
         if refresh:
             self.refresh()
         h = self._hash(msg_id)
-        i = bisect.bisect_left(self._hashes, h)
-        if i == len(self._hashes) or self._hashes[i] != h:
+        found = [(seq, name, offset) for name, index in self._index.items()
+                 for seq, offset in index.lookup(h)]
+        if not found:
             return None
-        entry = self._entry_at(self._locs[i])
+        _, name, offset = max(found)
+        entry = self._entry_at(name, offset)
         rec = (entry or {}).get("record") or {}
         if rec.get("id") != msg_id:  # a hash collision with another id: read the files
             rec = self.find("out", msg_id, local=False) or {}
@@ -207,6 +163,15 @@ class Archive:
         if (entry or {}).get("kind") == REVIVED:
             return None
         return rec.get("state", "FAILED"), rec.get("reason")
+
+    def _entry_at(self, name: str, offset: int) -> dict[str, Any] | None:
+        try:
+            with open(self.folder / name, "rb") as fh:
+                fh.seek(offset)
+                entry = json.loads(fh.readline())
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) else None
 
     def find(self, kind: str, msg_id: str, local: bool | None = None) -> dict[str, Any] | None:
         """The archived record of that kind and id (of that namespace, if given), in its
@@ -262,17 +227,41 @@ class Archive:
 
     def remove(self, names: list[str]) -> None:
         """Delete these day files (retention is decided by the Store) and forget their ids."""
-        gone = set()
         for name in names:
             with contextlib.suppress(FileNotFoundError):
                 (self.folder / name).unlink()
+            self._index.pop(name, None)
             logger.info("archive %s removed (older than retention)", name)
-            gone.add(name)
-        numbers = {self._names.index(n) for n in gone if n in self._offsets}
-        for name in gone:
-            self._offsets.pop(name, None)
-        if numbers:  # drop their entries; file numbers of the others stay as they are
-            keep = [i for i, loc in enumerate(self._locs) if loc >> 40 not in numbers]
-            self._hashes = array("Q", (self._hashes[i] for i in keep))
-            self._seqs = array("Q", (self._seqs[i] for i in keep))
-            self._locs = array("Q", (self._locs[i] for i in keep))
+
+
+class _FileIndex:
+    """The webapp ids of one day file: 64-bit hashes, sorted, with the sequence number and
+    offset of each line (24 bytes an entry; one file's entries are sorted at a time)."""
+
+    def __init__(self) -> None:
+        self.hashes = array("Q")
+        self.seqs = array("Q")
+        self.offsets = array("Q")
+        self.read_to = 0
+
+    def add(self, fresh: list[tuple[int, int, int]]) -> None:
+        if len(fresh) <= 64:
+            for h, seq, offset in fresh:
+                i = bisect.bisect_right(self.hashes, h)
+                self.hashes.insert(i, h)
+                self.seqs.insert(i, seq)
+                self.offsets.insert(i, offset)
+            return
+        rows = sorted([*zip(self.hashes, self.seqs, self.offsets, strict=True), *fresh])
+        self.hashes = array("Q", (r[0] for r in rows))
+        self.seqs = array("Q", (r[1] for r in rows))
+        self.offsets = array("Q", (r[2] for r in rows))
+
+    def lookup(self, h: int) -> list[tuple[int, int]]:
+        """(seq, offset) of every line of that hash."""
+        i = bisect.bisect_left(self.hashes, h)
+        out = []
+        while i < len(self.hashes) and self.hashes[i] == h:
+            out.append((self.seqs[i], self.offsets[i]))
+            i += 1
+        return out

@@ -270,7 +270,8 @@ class Store:
         One write: if it is lost, the batch is simply posted again (at least once).
         """
         result = AcceptResult()
-        self.archive.refresh()  # before the lock: the lookups below then cost a read each
+        if offered:
+            self.archive.refresh()  # before the lock: the lookups below cost a read each
         with self.unit(now) as u:
             if batch.incoming:
                 ids = {m.id for m in batch.incoming}
@@ -312,8 +313,6 @@ class Store:
     def _accept(self, u: Unit, offered: list[tuple[Offered, str | None]],
                 result: AcceptResult) -> None:
         seen_now: set[str] = set()
-        if offered:
-            self.archive.refresh()  # only what was appended since, usually nothing
         for msg, invalid in offered:
             archived = None if msg.id is None else self.archive.status_of(msg.id, False)
             if msg.id is not None and (msg.id in seen_now or u.get(msg.id) is not None
@@ -385,7 +384,6 @@ class Store:
     def archive_finished(self, now: datetime) -> int:
         """Move finished outgoing and forwarded incoming records to the archive, and drop
         the day files past retention."""
-        self.archive.refresh()  # the slow part, if any, outside the lock
         with self.unit(now) as u:
             done = u.finished()
             forwarded = [d for d in u.db.table("incoming").all()

@@ -50,7 +50,7 @@ class Unit:
     def __init__(self, db: TinyDB, now: datetime) -> None:
         self.db = db
         self.now = now
-        self._docs: dict[int, Document] = {d.doc_id: d for d in db.table("outgoing").all()}
+        self._raw: dict[int, dict[str, Any]] | None = None  # read on first use
         self._index: dict[Ref, int] | None = None
         self._parsed: dict[int, Outgoing] = {}
         self._dirty: set[int] = set()
@@ -130,6 +130,15 @@ class Unit:
                 for f in self._get("last_failures", [])]
 
     # outgoing messages --------------------------------------------------------------
+    @property
+    def _docs(self) -> dict[int, dict[str, Any]]:
+        """The stored outgoing records by doc id, as parsed from the file (read only: TinyDB
+        would copy each into a Document, a cost felt with a long backlog)."""
+        if self._raw is None:
+            data = self.db.storage.read() or {}
+            self._raw = {int(k): v for k, v in (data.get("outgoing") or {}).items()}
+        return self._raw
+
     def _ref_of(self, doc: dict[str, Any]) -> Ref:
         return Ref(doc["id"], doc.get("local") is True)
 
@@ -173,7 +182,7 @@ class Unit:
 
     def due(self, now: datetime) -> list[Ref]:
         """UNSENT messages whose (re)try time has come, in arrival order."""
-        return [self._msg(i).ref for i in self._select(
+        return [self._ref_of(self._view(i)) for i in self._select(
             lambda d: d["state"] == OutState.UNSENT.value
             and (d.get("due") is None or from_iso(d["due"]) <= now))]  # type: ignore[operator]
 
