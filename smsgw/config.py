@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import errno
+import functools
 import json
 import logging
+import math
 import os
 import re
 import stat
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit, urlunsplit
 
-from .errors import UserError
+from .errors import InternalError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +49,211 @@ class Settings:
     read_timeout: float = 30.0
     retention_days: int = 30
     notification_watch: bool = False
+    max_parts: int = 10  # SMS parts one message may take; more is refused as too long
+    exchange_deadline: float = 120.0  # seconds an exchange with the webapp may take in all
+    allow_redirects_to: str | None = None  # hosts (comma-separated) the webapp may redirect to
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Settings:
-        """Build from a saved dict, ignoring unknown keys (a newer version may add some)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict[str, Any], source: str = "config.json") -> Settings:
+        """Build from a saved dict, every value checked against SPECS (UserError naming
+        `source`); unknown keys are ignored (a newer version may add some)."""
+        return cls(**{k: validate_setting(k, v, source) for k, v in data.items() if k in SPECS})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The type and bounds of one setting: the only place they are defined.
+
+    `kind` is bool, int (a whole number; an integral float is taken too), float (int or
+    float) or str. `option` is the `smsgw config` option that sets it, if any, and
+    `null_words` how that option spells "none". `unit` names what the number counts.
+    """
+
+    kind: type
+    minimum: float | None = None
+    maximum: float | None = None
+    nullable: bool = False
+    option: str | None = None
+    null_words: tuple[str, ...] = ()
+    unit: str = ""
+    is_url: bool = False
+    what: str = "a file path"  # what a text setting holds
+
+    def describe(self, for_option: bool = False) -> str:
+        """What a valid value is, e.g. 'a whole number from 5 to 86400, or null'; with
+        `for_option`, as the command line spells it ('a duration ...', "or 'none'")."""
+        if self.kind is bool:
+            text = "true or false"
+        elif self.is_url:
+            text = "a webapp URL (text)"
+        elif self.kind is str:
+            text = f"{self.what} (text)"
+        elif for_option and self.unit == "seconds" and self.kind is int:
+            text = (f"a duration (e.g. 90s, 15m, 24h, 7d) from {_human(self.minimum)} "
+                    f"to {_human(self.maximum)}")
+        else:
+            noun = "a whole number" if self.kind is int else "a number"
+            unit = f" of {self.unit}" if self.unit else ""
+            text = (f"{noun}{unit} from {_bound(self.minimum, self.unit)} "
+                    f"to {_bound(self.maximum, self.unit)}")
+        if not self.nullable:
+            return text
+        words = [w for w in self.null_words if w]
+        return f"{text}, or {words[0]!r}" if for_option and words else f"{text}, or null"
+
+
+SPECS: dict[str, Spec] = {
+    "url": Spec(str, nullable=True, option="--url", is_url=True),
+    "interval": Spec(int, 1, DAY, option="--interval"),
+    "cdma_mode": Spec(bool, option="--cdma/--no-cdma"),
+    "cdma_prefix": Spec(bool, option="--cdma-prefix/--no-cdma-prefix"),
+    "sim_slot": Spec(int, 0, 7, nullable=True, option="--sim-slot", null_words=("none",)),
+    "max_parts_per_minute": Spec(int, 1, 10000, option="--max-per-minute"),
+    "message_ttl": Spec(int, 60, 30 * DAY, nullable=True, option="--ttl",
+                        null_words=("off", "none", "0"), unit="seconds"),
+    "compress_requests": Spec(bool, option="--compress-requests/--no-compress-requests"),
+    "ca_bundle": Spec(str, nullable=True, option="--ca-bundle", null_words=("",)),
+    "confirm_timeout": Spec(int, 5, 7 * DAY, option="--confirm-timeout", unit="seconds"),
+    "send_timeout": Spec(float, 1, 600, unit="seconds"),
+    "list_timeout": Spec(float, 1, 600, unit="seconds"),
+    "connect_timeout": Spec(float, 1, 600, unit="seconds"),
+    "read_timeout": Spec(float, 1, 600, unit="seconds"),
+    "retention_days": Spec(int, 1, 3650, unit="days"),
+    "notification_watch": Spec(bool, option="--notification-watch/--no-notification-watch"),
+    "max_parts": Spec(int, 1, 100, option="--max-parts"),
+    "exchange_deadline": Spec(float, 5, 3600, option="--exchange-deadline", unit="seconds"),
+    "allow_redirects_to": Spec(str, nullable=True, option="--allow-redirects-to",
+                               null_words=("", "none"), what="host names, comma-separated"),
+}
+
+
+def _bound(value: float | None, unit: str) -> str:
+    text = f"{value:d}" if isinstance(value, int) else f"{value:g}"
+    return f"{text} ({_human(value)})" if unit == "seconds" and value and value >= 60 else text
+
+
+def _human(seconds: float | None) -> str:
+    """60 -> '1 min', 604800 -> '7 days'."""
+    seconds = seconds or 0
+    for size, name in ((DAY, "day"), (3600, "hour"), (60, "min")):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {name}{'s' if count != 1 and name != 'min' else ''}"
+    return f"{seconds:g} s"
+
+
+def _is_option_or_variable(source: str) -> bool:
+    return source.startswith("-") or bool(re.fullmatch(r"[A-Z][A-Z0-9_]*", source))
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _setting_error(name: str, source: str, problem: str) -> UserError:
+    if _is_option_or_variable(source):
+        return UserError(f"{source} {problem}")
+    return UserError(f'the settings in {source} are invalid: "{name}" {problem}; '
+                     "fix or remove that file")
+
+
+def validate_setting(name: str, value: Any, source: str) -> Any:
+    """`value` checked against SPECS[name], in its stored type (an int for a whole number,
+    a float for a number of seconds, the URL stripped).
+
+    `source` is where the value came from, for the message: an option (`--interval`), an
+    environment variable (`SMSGW_URL`), or else a file (`/path/config.json`). A wrong type
+    (a bool is not a number, text is not a number) or a value out of bounds raises one
+    UserError line naming it. The URL itself never appears in a message.
+    """
+    spec = SPECS.get(name)
+    if spec is None:
+        raise InternalError(f"no such setting: {name!r}")
+    if value is None or (spec.nullable and spec.kind is str and value == ""):
+        if spec.nullable:
+            return None
+        checked = _NOT_VALID
+    else:
+        checked = _check_type(spec, value)
+    if checked is _NOT_VALID:
+        got = "" if spec.is_url else f" (got {_shown(value)})"
+        wanted = spec.describe(for_option=source.startswith("-"))
+        raise _setting_error(name, source, f"must be {wanted}{got}")
+    if spec.is_url:
+        try:
+            return validate_url(checked)
+        except UserError as exc:
+            problem = scrub(str(exc), checked)
+            raise _setting_error(name, source,
+                                 f"is not a usable webapp URL: {problem}") from None
+    return checked
+
+
+_NOT_VALID = object()
+
+
+def _check_type(spec: Spec, value: Any) -> Any:
+    """The value in the stored type, or _NOT_VALID."""
+    if spec.kind is bool:
+        return value if isinstance(value, bool) else _NOT_VALID
+    if spec.kind is str:
+        return value if isinstance(value, str) else _NOT_VALID
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _NOT_VALID
+    if isinstance(value, float) and (
+            not math.isfinite(value) or (spec.kind is int and not value.is_integer())):
+        return _NOT_VALID
+    if spec.minimum is not None and value < spec.minimum:
+        return _NOT_VALID
+    if spec.maximum is not None and value > spec.maximum:
+        return _NOT_VALID
+    return int(value) if spec.kind is int else float(value)
+
+
+def parse_setting(name: str, text: str, source: str) -> Any:
+    """A setting given as text on the command line, converted and then validated.
+
+    Durations take units ('90s', '15m', '24h', '7d'); a nullable setting takes its null
+    words ('none' for --sim-slot, 'off' for --ttl, '' for --ca-bundle).
+    """
+    spec = SPECS.get(name)
+    if spec is None:
+        raise InternalError(f"no such setting: {name!r}")
+    if spec.nullable and text.strip().lower() in spec.null_words:
+        return None
+    value: Any = text
+    if spec.kind is bool:
+        word = text.strip().lower()
+        value = True if word in ("true", "yes", "on", "1") else \
+            False if word in ("false", "no", "off", "0") else text
+    elif spec.kind in (int, float):
+        word = text.strip().lower()
+        if spec.unit == "seconds" and re.fullmatch(r"\d+\s*[smhd]?", word):
+            value = parse_duration(word)
+        elif spec.kind is int and re.fullmatch(r"[+-]?\d+", word):
+            value = int(word)
+        elif spec.kind is float and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", word):
+            value = float(word)
+    return validate_setting(name, value, source)
+
+
+def change_settings(settings: Settings, changes: dict[str, Any],
+                    source_of: Callable[[str], str]) -> Settings:
+    """A new Settings with `changes` applied, each validated (UserError naming
+    `source_of(name)`, e.g. the option that gave it). `settings` is left as it was."""
+    checked = {name: validate_setting(name, value, source_of(name))
+               for name, value in changes.items()}
+    return dataclasses.replace(settings, **checked)
 
 
 @dataclass(frozen=True)
@@ -103,16 +304,65 @@ def default_paths(env: dict[str, str] | None = None) -> Paths:
 
 
 def make_private_dir(folder: Path) -> None:
-    """mkdir -p with mode 0700, and make an existing folder 0700 where that is allowed."""
+    """mkdir -p with mode 0700, then check_private_dir (which makes it 0700 if it can)."""
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise UserError(f"cannot create the folder {folder}: {exc.strerror}") from None
-    if stat.S_IMODE(folder.stat().st_mode) != 0o700:
-        try:
-            os.chmod(folder, 0o700)
-        except OSError as exc:  # e.g. a read-only mount: reading still works
-            logger.warning("cannot make %s private: %s", folder, exc.strerror)
+    check_private_dir(folder)
+
+
+def check_private_dir(folder: Path) -> None:
+    """Refuse a folder that is not ours or that others can write to; make it 0700.
+
+    Nothing happens when the folder does not exist. A folder of ours that stays readable
+    by others (a read-only mount) is only warned about: reading still works.
+    """
+    try:
+        st = folder.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserError(f"cannot use the folder {folder}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{folder} is not a folder: remove it or set SMSGW_HOME to another "
+                        "place")
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise UserError(
+            f"the folder {folder} belongs to another user (uid {st.st_uid}; you are uid "
+            f"{me}): smsgw keeps the webapp password there, so use a folder of your own "
+            "(e.g. set SMSGW_HOME to a folder in your home)"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode == 0o700:
+        return
+    try:
+        os.chmod(folder, 0o700)
+        return
+    except OSError as exc:
+        why = exc.strerror
+    if mode & 0o022:
+        raise UserError(
+            f"the folder {folder} can be changed by other users (mode {mode:04o}) and "
+            f"cannot be made private ({why}): run `chmod 700 {folder}`, or use a folder "
+            "of your own (e.g. set SMSGW_HOME)"
+        )
+    logger.warning("cannot make %s private: %s", folder, why)  # e.g. a read-only mount
+
+
+def open_private(path: Path, flags: int) -> int:
+    """os.open for smsgw's own files: never through a symbolic link, closed on exec, mode
+    0600 when created. A link is refused with a UserError; other OSErrors propagate."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise UserError(
+                f"{path} is a symbolic link: smsgw does not follow links for its private "
+                f"files; remove it (rm {path}) and try again"
+            ) from None
+        raise
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
@@ -147,22 +397,28 @@ def fsync_dir(folder: Path) -> None:
 
 
 def load_settings(paths: Paths, env: dict[str, str] | None = None) -> Settings:
-    """Read the config file (defaults when absent); SMSGW_URL overrides the URL."""
+    """Read the config file (defaults when absent); SMSGW_URL overrides the URL.
+
+    A file that cannot be parsed, or holds a wrong type or a value out of bounds, raises
+    one UserError line naming the file (and the field); the file is never changed.
+    """
     env = dict(os.environ) if env is None else env
     settings = Settings()
+    source = str(paths.config_file)
     if paths.config_file.exists():
         try:
             data = json.loads(paths.config_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise UserError(
-                f"cannot read the settings in {paths.config_file} ({exc.__class__.__name__}); "
+                f"cannot read the settings in {source} ({exc.__class__.__name__}); "
                 "fix or remove that file, then run `smsgw config --url ...` again"
             ) from None
         if not isinstance(data, dict):
-            raise UserError(f"the settings in {paths.config_file} are not a JSON object")
-        settings = Settings.from_dict(data)
+            raise UserError(f"the settings in {source} are not a JSON object; fix or remove "
+                            "that file")
+        settings = Settings.from_dict(data, source)
     if env.get("SMSGW_URL"):
-        settings.url = validate_url(env["SMSGW_URL"])
+        settings.url = validate_setting("url", env["SMSGW_URL"], "SMSGW_URL")
     return settings
 
 
@@ -279,7 +535,10 @@ def redact_url(url: str | None) -> str | None:
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """Every secret string a URL carries (password and query values, raw and decoded)."""
+    """Every secret string a URL carries, longest first: the password (raw and decoded),
+    the user info, query values (raw and decoded), and the Basic auth base64 of
+    `user:password` and of the password alone. A user name beside a password is not a
+    secret; a user name alone (a token) is."""
     if not url:
         return []
     secrets: list[str] = []
@@ -287,13 +546,15 @@ def url_secrets(url: str | None) -> list[str]:
         parts = urlsplit(url)
     except ValueError:
         return [url]
+    user = unquote(parts.username or "")
     if parts.password:
         password = unquote(parts.password)
-        secrets += [parts.password, password]
+        secrets += [parts.password, password, unquote(parts.password, encoding="latin-1")]
         # A webapp error page may echo the Authorization header it was sent.
-        pair = f"{unquote(parts.username or '')}:{password}"
-        with contextlib.suppress(UnicodeEncodeError):
-            secrets.append(base64.b64encode(pair.encode("latin-1")).decode("ascii"))
+        secrets += _base64_spellings(f"{user}:{password}") + _base64_spellings(password)
+    elif parts.username:
+        secrets += [parts.username, user] + _base64_spellings(f"{user}:") \
+            + _base64_spellings(user)
     for pair in parts.query.split("&"):
         if "=" in pair:
             value = pair.split("=", 1)[1]
@@ -302,11 +563,172 @@ def url_secrets(url: str | None) -> list[str]:
     return sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
 
 
+def _base64_spellings(text: str) -> list[str]:
+    """base64 of `text` as latin-1 (what requests sends) and UTF-8, standard and URL-safe,
+    with and without the padding."""
+    out = []
+    for encoding in ("latin-1", "utf-8"):
+        try:
+            raw = text.encode(encoding)
+        except UnicodeEncodeError:
+            continue
+        for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+            out += [encoded.decode("ascii"), encoded.decode("ascii").rstrip("=")]
+    return out
+
+
 def scrub(text: str, url: str | None) -> str:
-    """Remove the URL's secrets from a text bound for a log, a status or an error."""
-    for secret in url_secrets(url):
-        text = text.replace(secret, "***")
+    """Remove the URL's secrets from a text bound for a log, a status or an error.
+
+    Each secret is found in every spelling a server or a library may give it, even mixed
+    within one occurrence: raw, percent-encoded (any hex case, UTF-8 or latin-1, doubly
+    encoded), '+' for a space, JSON and Python escapes (\\uXXXX, \\xXX, \\", \\\\, \\/),
+    and HTML entities (named, decimal, hex, doubly escaped).
+    """
+    if not url or not text:
+        return text
+    spans: list[tuple[int, int]] = []
+    for pattern in _secret_patterns(url):
+        spans += [m.span() for m in pattern.finditer(text) if m.end() > m.start()]
+    if not spans:
+        return text
+    spans.sort()
+    out, pos = [], 0
+    merged: list[list[int]] = []
+    for start, end in spans:  # overlapping secrets are removed as one
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    for start, end in merged:
+        out += [text[pos:start], "***"]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=32)
+def _secret_patterns(url: str) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(_secret_pattern(secret)) for secret in url_secrets(url))
+
+
+def _secret_pattern(secret: str) -> str:
+    """A regex matching `secret` in any mix of spellings, one character at a time.
+
+    Within a run of backslashes, one escaping level holds for the whole run (each
+    backslash is 1, 2, 4 or 8 of them, or spelled otherwise): were each one matched as
+    1 to 9 backslashes, a long run of them in a text would take exponential time to refuse.
+    """
+    out = []
+    other = _char_pattern("\\", raw=False)
+    for run in re.findall(r"\\+|[^\\]", secret):
+        if run[0] != "\\":
+            out.append(_char_pattern(run))
+            continue
+        levels = [f"(?:{other}|\\\\{{{level}}}){{{len(run)}}}" for level in (8, 4, 2, 1)]
+        out.append("(?:" + "|".join(levels) + ")")
+    return "".join(out)
+
+
+_AMP = "&(?:amp;){0,3}"  # an HTML entity, maybe escaped again
+# Bounded repeats (no '+' or '*') keep the search linear in a long run of '\\', '%25' or
+# '&amp;' from a hostile webapp; 8 backslashes cover three levels of JSON in JSON.
+_BS = r"\\{1,8}"
+_JSON_SHORT = {"\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _char_pattern(ch: str, raw: bool = True) -> str:
+    """A regex matching one character in any of its spellings (but as itself or escaped
+    with backslashes only if `raw`)."""
+    code = ord(ch)
+    alternatives = []
+    if ch == " ":
+        alternatives.append(r"\+")
+    encodings = [ch.encode("utf-8", "surrogatepass")]
+    if code < 0x100 and code >= 0x80:
+        encodings.append(bytes([code]))
+    for encoded in encodings:
+        alternatives.append("(?i:" + "".join(f"%(?:25){{0,3}}{b:02x}" for b in encoded) + ")")
+        alternatives.append("(?i:" + "".join(rf"{_BS}x{b:02x}" for b in encoded) + ")")
+    alternatives.append(rf"(?i:{_BS}u\{{?0{{0,6}}{code:x}\}}?)")
+    if code > 0xFFFF:
+        high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
+        alternatives.append(rf"(?i:{_BS}u{high:04x}{_BS}u{low:04x})")
+    if raw and not ch.isalnum() and code < 0x80:
+        alternatives.append(_BS + re.escape(ch))
+    if ch in _JSON_SHORT:
+        alternatives.append(_BS + _JSON_SHORT[ch])
+    alternatives.append(rf"{_AMP}#0{{0,8}}{code};?")
+    alternatives.append(rf"(?i:{_AMP}#x0{{0,8}}{code:x};?)")
+    alternatives += [_AMP + re.escape(name) for name in _html_names().get(ch, ())]
+    if raw:  # last: a longer spelling ('&amp;' of '&') must win where both match
+        alternatives.append(re.escape(ch))
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+@functools.lru_cache(maxsize=1)
+def _html_names() -> dict[str, list[str]]:
+    """Character -> its HTML5 entity names ('auml;', 'auml', 'quot;', 'QUOT', ...)."""
+    from html.entities import html5
+
+    names: dict[str, list[str]] = {}
+    for name, value in html5.items():
+        if len(value) == 1:
+            names.setdefault(value, []).append(name)
+    for found in names.values():
+        found.sort(key=len, reverse=True)  # 'amp;' before 'amp'
+    return names
+
+
+# reading the URL without argv ---------------------------------------------------------------
+MAX_URL_FILE = 64 * 1024
+
+
+def read_url_argument(value: str, stdin: TextIO, tty: bool,
+                      prompt: Callable[[str], str]) -> str:
+    """The text of `--url VALUE`: VALUE itself, or for '-' one line read from standard input
+    (on a terminal through `prompt`, which must hide the input). Not yet validated."""
+    if value != "-":
+        return value
+    text = prompt("webapp URL (input hidden)") if tty else stdin.readline(MAX_URL_FILE)
+    text = (text or "").strip()
+    if not text:
+        raise UserError("--url - reads the webapp URL from standard input, and it gave none "
+                        "(e.g. printf '%s\\n' \"$URL\" | smsgw config --url -)")
     return text
+
+
+def read_url_file(path: str) -> str:
+    """The first non-empty line of a private file (mode 0600), stripped. Not yet validated."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise UserError(f"cannot read the URL file {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"cannot read the URL file {path}: it is a folder")
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISREG(st.st_mode) and mode & 0o077:
+            raise UserError(f"the URL file {path} can be read or changed by other users "
+                            f"(mode {mode:04o}): run `chmod 600 {path}` first")
+        os.set_blocking(fd, True)  # O_NONBLOCK was only so that opening a FIFO cannot hang
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_URL_FILE)
+    except OSError as exc:
+        raise UserError(f"cannot read the URL file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"the URL file {path} is not UTF-8 text") from None
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if not line:
+        raise UserError(f"the URL file {path} is empty: write the webapp URL on its first "
+                        "line")
+    return line
 
 
 def parse_duration(text: str) -> int:
