@@ -44,6 +44,100 @@ def fmt_time(iso: str | datetime | None, now: datetime | None = None) -> str:
     return text
 
 
+# config --------------------------------------------------------------------------------
+_OPTION_OF = {"url": "--url", "interval": "--interval", "sim_slot": "--sim-slot",
+              "max_parts_per_minute": "--max-per-minute", "message_ttl": "--ttl",
+              "ca_bundle": "--ca-bundle", "confirm_timeout": "--confirm-timeout",
+              "max_parts": "--max-parts", "exchange_deadline": "--exchange-deadline",
+              "allow_redirects_to": "--allow-redirects-to", "cdma_mode": "--cdma",
+              "cdma_prefix": "--cdma-prefix", "compress_requests": "--compress-requests",
+              "notification_watch": "--notification-watch"}
+
+
+def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
+              texts: dict[str, str], flags: dict[str, bool], forward_since: str | None,
+              now: datetime) -> Outcome:
+    """`smsgw config`: check every change against the settings' bounds, check a new URL
+    with the webapp's handshake, save, set where forwarding starts, and show the settings.
+    Nothing is saved when anything is wrong."""
+    import dataclasses
+    import os
+
+    from .config import (
+        change_settings,
+        load_settings,
+        parse_setting,
+        parse_when,
+        save_settings,
+    )
+
+    result = Outcome()
+    # The file's own settings: an SMSGW_URL override must never be written into it.
+    current = load_settings(paths, env={})
+    since = parse_when(forward_since, now) if forward_since is not None else None
+    changes: dict[str, Any] = {name: parse_setting(name, text, _OPTION_OF[name])
+                               for name, text in texts.items()}
+    changes.update(flags)
+    if url is not None:
+        changes["url"] = url
+    new = change_settings(current, changes, lambda name: _OPTION_OF.get(name, name))
+    if new.ca_bundle and new.ca_bundle != current.ca_bundle:
+        if not os.path.isfile(new.ca_bundle):
+            raise UserError(f"no such CA bundle file: {new.ca_bundle}")
+        new = dataclasses.replace(new, ca_bundle=os.path.abspath(new.ca_bundle))
+    if url is not None and check:
+        _handshake(new)
+        result.out.append(f"✓ {redact_url(new.url)} answers as a medic-gateway webapp")
+    changed = bool(changes)
+    if changed:
+        save_settings(paths, new)
+        result.out.append(f"saved to {paths.config_file}")
+    store = store_of()
+    if since is not None:
+        store.set_forward_since(since, now)
+        result.out.append(f"incoming SMS received from {fmt_time(since)} on will be forwarded")
+    elif url is not None and store.set_forward_since(now, now, keep=True):
+        result.out.append("incoming SMS received from now on will be forwarded (the inbox "
+                          "from before stays private; see --forward-since)")
+    if changed:
+        from .daemon import daemon_running
+
+        if daemon_running(paths):
+            result.out.append("restart the daemon to apply: sv restart smsgw (or stop and "
+                              "start smsgw run)")
+    shown: dict[str, Any] = new.to_dict()
+    shown["url"] = redact_url(new.url)
+    start = store.forward_since(now)
+    shown["forward_since"] = fmt_time(start) if start else None
+    if os.environ.get("SMSGW_URL"):
+        shown["url"] = f"{redact_url(load_settings(paths).url)} (from SMSGW_URL)"
+    width = max(len(k) for k in shown)
+    result.out += [f"{key:<{width}}  {'-' if value is None else value}"
+                   for key, value in shown.items()]
+    return result
+
+
+def _handshake(settings: Settings) -> None:
+    from .errors import Error
+    from .webapp import WebappClient
+
+    client = WebappClient(settings.url or "", connect_timeout=settings.connect_timeout,
+                          read_timeout=settings.read_timeout, ca_bundle=settings.ca_bundle,
+                          deadline=settings.exchange_deadline,
+                          allow_redirects_to=_hosts(settings.allow_redirects_to))
+    try:
+        client.handshake()
+    except Error as exc:
+        raise UserError(f"{redact_url(settings.url)} did not answer as a medic-gateway webapp: "
+                        f"{exc} (settings not saved; use --no-check to save anyway)") from None
+    finally:
+        client.close()
+
+
+def _hosts(text: str | None) -> list[str]:
+    return [h.strip() for h in (text or "").split(",") if h.strip()]
+
+
 # status ----------------------------------------------------------------------------------
 def status(paths: Paths, settings: Settings, store: Store, now: datetime,
            as_json: bool) -> Outcome:
@@ -171,14 +265,12 @@ def retry(paths: Paths, store: Store, ids: list[str], all_failed: bool,
 
 
 # run -----------------------------------------------------------------------------------
-def checked_url(url: str, source: str) -> str:
-    """The URL, checked; a bad one is refused naming where it came from."""
-    from .config import validate_url
+def checked(name: str, value: Any, source: str) -> Any:
+    """A setting given for one run (`smsgw run --url`, `--interval`), checked against the
+    same bounds as the saved one; refused naming where it came from."""
+    from .config import validate_setting
 
-    try:
-        return validate_url(url)
-    except UserError as exc:
-        raise UserError(f"{source} is not a usable webapp URL: {exc}") from None
+    return validate_setting(name, value, source)
 
 
 def run(paths: Paths, settings: Settings, store: Store, phone: Any, *, once: bool,
@@ -192,7 +284,9 @@ def run(paths: Paths, settings: Settings, store: Store, phone: Any, *, once: boo
     assert settings.url is not None
     webapp = WebappClient(settings.url, connect_timeout=settings.connect_timeout,
                           read_timeout=settings.read_timeout, ca_bundle=settings.ca_bundle,
-                          compress_requests=settings.compress_requests)
+                          compress_requests=settings.compress_requests,
+                          deadline=settings.exchange_deadline,
+                          allow_redirects_to=_hosts(settings.allow_redirects_to))
     gateway = Gateway(store, webapp, phone, settings)
     daemon = Daemon(gateway, paths, settings.interval, max_cycles=1 if once else max_cycles)
     if settings.notification_watch and phone.name == "termux":

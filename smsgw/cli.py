@@ -16,8 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .actions import fmt_time
-from .config import Paths, Settings, default_paths, load_settings, redact_url, scrub
+from .config import Paths, Settings, default_paths, load_settings, scrub
 from .errors import Error, ExitCode, InternalError, UserError
 
 logger = logging.getLogger("smsgw")
@@ -121,121 +120,71 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 # config ----------------------------------------------------------------------
-def _duration_or_off(value: str | None) -> int | None | str:
-    if value is None:
-        return "keep"
-    if value.lower() in ("off", "none", "0"):
-        return None
-    from .config import parse_duration
-
-    return parse_duration(value)
+# Options of `smsgw config` that set one setting each: option name -> setting. Their types
+# and bounds are in config.SPECS, so the options take text and the core checks it.
+_SETTING_OPTIONS = {
+    "interval": "interval", "sim_slot": "sim_slot", "max_per_minute": "max_parts_per_minute",
+    "ttl": "message_ttl", "ca_bundle": "ca_bundle", "confirm_timeout": "confirm_timeout",
+    "max_parts": "max_parts", "exchange_deadline": "exchange_deadline",
+    "allow_redirects_to": "allow_redirects_to",
+}
+_FLAG_OPTIONS = {"cdma": "cdma_mode", "cdma_prefix": "cdma_prefix",
+                 "compress_requests": "compress_requests",
+                 "notification_watch": "notification_watch"}
 
 
 @cli.command()
-@click.option("--url", help="The webapp endpoint, e.g. https://user:pass@example.org/sms/")
+@click.option("--url", help="The webapp endpoint, e.g. https://user:pass@example.org/sms/; "
+                            "'-' reads it from standard input (hidden on a terminal), which "
+                            "keeps the password out of ps and the shell history.")
+@click.option("--url-file", type=click.Path(dir_okay=False),
+              help="Read the URL from the first line of FILE (mode 600).")
 @click.option("--no-check", is_flag=True, help="Save the URL without the GET handshake.")
-@click.option("--interval", type=click.IntRange(5, 86400), help="Seconds between polls.")
+@click.option("--interval", metavar="SECONDS", help="Seconds between polls (1 to 86400).")
 @click.option("--cdma/--no-cdma", default=None, help="CDMA compatibility mode.")
 @click.option("--cdma-prefix/--no-cdma-prefix", default=None,
               help="Prefix CDMA parts with n/N (default on).")
 @click.option("--sim-slot", help="SIM slot (0-based) for sending, or 'none'.")
-@click.option("--max-per-minute", type=click.IntRange(1, 10000),
+@click.option("--max-per-minute", metavar="N",
               help="SMS parts sent per minute at most (Android's own default is 30).")
+@click.option("--max-parts", metavar="N",
+              help="Refuse texts longer than N SMS parts (default 10).")
 @click.option("--ttl", help="Fail messages still unsent after this long (e.g. 24h), or 'off'.")
 @click.option("--compress-requests/--no-compress-requests", default=None,
               help="gzip request bodies (only if the webapp decodes them).")
-@click.option("--ca-bundle", type=click.Path(dir_okay=False),
-              help="CA certificates to trust for the webapp ('' for the system's).")
+@click.option("--ca-bundle", help="CA certificates to trust for the webapp ('' for the "
+                                  "system's).")
 @click.option("--confirm-timeout", help="How long to wait for the phone's record of a send.")
+@click.option("--exchange-deadline", metavar="DURATION",
+              help="How long one exchange with the webapp may take in all (default 120s).")
+@click.option("--allow-redirects-to", metavar="HOSTS",
+              help="Hosts (comma-separated) the webapp may redirect to, or 'none'.")
 @click.option("--notification-watch/--no-notification-watch", default=None,
               help="Cycle at once when a messaging app posts a notification.")
 @click.option("--forward-since", metavar="WHEN",
               help="Forward incoming SMS received from WHEN on: 'now', or a local date and "
                    "time such as 2026-11-30T08:00 (default: when the URL was first set).")
 @pass_ctx
-def config(c: Ctx, url: str | None, no_check: bool, interval: int | None, cdma: bool | None,
-           cdma_prefix: bool | None, sim_slot: str | None, max_per_minute: int | None,
-           ttl: str | None, compress_requests: bool | None, ca_bundle: str | None,
-           confirm_timeout: str | None, notification_watch: bool | None,
-           forward_since: str | None) -> None:
+def config(c: Ctx, url: str | None, url_file: str | None, no_check: bool,
+           forward_since: str | None, **options: Any) -> None:
     """Set or show the settings. With no option, print them (password as ***)."""
-    from .config import parse_duration, parse_when, save_settings, validate_url
-    from .models import to_iso, utcnow
+    from . import actions
+    from .config import read_url_argument, read_url_file
+    from .models import utcnow
 
-    now = utcnow()
-    since = parse_when(forward_since, now) if forward_since is not None else None
-
-    # The file's own settings: an SMSGW_URL override must never be written into it.
-    s = load_settings(c.paths, env={})
-    changed = False
-    if url is not None:
-        s.url = validate_url(url)
-        changed = True
-    for name, value in (("interval", interval), ("cdma_mode", cdma), ("cdma_prefix", cdma_prefix),
-                        ("max_parts_per_minute", max_per_minute),
-                        ("compress_requests", compress_requests),
-                        ("notification_watch", notification_watch)):
-        if value is not None:
-            setattr(s, name, value)
-            changed = True
-    if sim_slot is not None:
-        if sim_slot.lower() == "none":
-            s.sim_slot = None
-        elif sim_slot.isdigit() and int(sim_slot) < 8:
-            s.sim_slot = int(sim_slot)
-        else:
-            raise UserError("--sim-slot takes a slot number (0, 1, ...) or 'none'")
-        changed = True
-    ttl_value = _duration_or_off(ttl)
-    if ttl_value != "keep":
-        s.message_ttl = ttl_value  # type: ignore[assignment]
-        changed = True
-    if confirm_timeout is not None:
-        s.confirm_timeout = parse_duration(confirm_timeout)
-        changed = True
-    if ca_bundle is not None:
-        if ca_bundle and not os.path.isfile(ca_bundle):
-            raise UserError(f"no such CA bundle file: {ca_bundle}")
-        s.ca_bundle = os.path.abspath(ca_bundle) if ca_bundle else None
-        changed = True
-    if url is not None and not no_check:
-        from .webapp import WebappClient
-
-        client = WebappClient(s.url or "", connect_timeout=s.connect_timeout,
-                              read_timeout=s.read_timeout, ca_bundle=s.ca_bundle)
-        try:
-            client.handshake()
-        except Error as exc:
-            raise UserError(f"{redact_url(s.url)} did not answer as a medic-gateway webapp: "
-                            f"{exc} (settings not saved; use --no-check to save anyway)") from None
-        finally:
-            client.close()
-        click.echo(f"✓ {redact_url(s.url)} answers as a medic-gateway webapp")
-    if changed:
-        save_settings(c.paths, s)
-        click.echo(f"saved to {c.paths.config_file}")
-    store = c.store()
-    if since is not None:
-        store.set_forward_since(since, now)
-        click.echo(f"incoming SMS received from {fmt_time(to_iso(since))} on will be forwarded")
-    elif url is not None and store.set_forward_since(now, now, keep=True):
-        click.echo("incoming SMS received from now on will be forwarded (the inbox from "
-                   "before stays private; see --forward-since)")
-    if changed:
-        from .daemon import daemon_running
-
-        if daemon_running(c.paths):
-            click.echo("restart the daemon to apply: sv restart smsgw (or stop and start "
-                       "smsgw run)")
-    shown = s.to_dict()
-    shown["url"] = redact_url(s.url)
-    start = store.forward_since(now)
-    shown["forward_since"] = fmt_time(to_iso(start)) if start else None
-    if os.environ.get("SMSGW_URL"):
-        shown["url"] = f"{redact_url(c.settings.url)} (from SMSGW_URL)"
-    width = max(len(k) for k in shown)
-    for key, value in shown.items():
-        click.echo(f"{key:<{width}}  {'-' if value is None else value}")
+    if url is not None and url_file is not None:
+        raise click.UsageError("give --url or --url-file, not both")
+    if url_file is not None:
+        url = read_url_file(url_file)
+    elif url is not None:
+        url = read_url_argument(url, sys.stdin, sys.stdin.isatty(),
+                                lambda text: click.prompt(text, hide_input=True))
+    texts = {setting: options[name] for name, setting in _SETTING_OPTIONS.items()
+             if options[name] is not None}
+    flags = {setting: options[name] for name, setting in _FLAG_OPTIONS.items()
+             if options[name] is not None}
+    _print(actions.configure(c.paths, c.store, url=url, check=not no_check, texts=texts,
+                             flags=flags, forward_since=forward_since, now=utcnow()))
 
 
 # status ----------------------------------------------------------------------
@@ -399,7 +348,7 @@ def build_phone(kind: str, settings: Settings) -> Any:
               default="termux", show_default=True)
 @click.option("--url", help="Webapp URL for this run (overrides the settings).")
 @click.option("--once", is_flag=True, help="Run one full cycle and exit.")
-@click.option("--interval", type=click.IntRange(1, 86400), help="Seconds between polls.")
+@click.option("--interval", type=int, help="Seconds between polls, for this run.")
 @click.option("--max-cycles", type=click.IntRange(1), hidden=True)
 @pass_ctx
 def run(c: Ctx, phone_kind: str, url: str | None, once: bool, interval: int | None,
@@ -408,9 +357,9 @@ def run(c: Ctx, phone_kind: str, url: str | None, once: bool, interval: int | No
     from . import actions
 
     if url:
-        c.settings.url = actions.checked_url(url, "--url")
-    if interval:
-        c.settings.interval = interval
+        c.settings.url = actions.checked("url", url, "--url")
+    if interval is not None:
+        c.settings.interval = actions.checked("interval", interval, "--interval")
     if not c.settings.url:
         raise UserError("no webapp URL: run `smsgw config --url URL` or pass --url")
     setup_logging(c.paths, c.debug, console=True, url=c.settings.url)

@@ -40,10 +40,10 @@ def test_every_message_move_against_the_table(tmp_path: Path, old: OutState,
         with store.unit(T0) as u:
             assert u.get("m1").state is new
         return
-    with pytest.raises(InternalError, match=f"from {old.value} to {new.value}"):
-        with store.unit(T0) as u:
-            msg = u.get("m1")
-            u.transition(msg, new)
+    with pytest.raises(InternalError, match=f"from {old.value} to {new.value}"), \
+            store.unit(T0) as u:
+        msg = u.get("m1")
+        u.transition(msg, new)
     assert msg.state is old and msg.history == []
     assert store.path.read_bytes() == before
     assert store.next_batch(T0).updates == []
