@@ -241,7 +241,7 @@ class Gateway:
                 self.store.record_exchange_error(now, str(exc), exc.status, exc.message)
                 raise
             report.posts += 1
-            checked = [(msg, invalid_reason(msg)) for msg in offered]
+            checked = [(msg, invalid_reason(msg) or self._too_long(msg)) for msg in offered]
             result = self.store.complete_exchange(batch, checked, self.clock())
             report.forwarded += len(batch.incoming)
             report.updates_posted += len(batch.updates)
@@ -257,6 +257,17 @@ class Gateway:
         logger.info("exchange stopped after %d POSTs; the rest goes next cycle", MAX_ROUNDS)
 
     # 4. send --------------------------------------------------------------
+    def _too_long(self, msg: Offered) -> str | None:
+        """Why a text is refused for its length: more SMS parts than `max_parts`. (Android
+        stalls a headless phone on a dialog past its sending limit.)"""
+        assert msg.content is not None
+        if self.settings.cdma_mode:
+            count = len(segment.split_cdma(msg.content, prefix=self.settings.cdma_prefix))
+        else:
+            count = segment.count_parts(msg.content)
+        limit = self.settings.max_parts
+        return f"too long: {count} parts (max {limit})" if count > limit else None
+
     def _parts_of(self, msg: Outgoing) -> list[Part]:
         if self.settings.cdma_mode:
             texts = segment.split_cdma(msg.content, prefix=self.settings.cdma_prefix)
@@ -321,7 +332,19 @@ class Gateway:
             u.rate_log = log  # saved now, so that the entries age from here
         mono_used, mono_wait = self._recent_parts()
         used = max(log.used(u.now), mono_used)
-        if used and cost > self.settings.max_parts_per_minute - used:
+        left = self.settings.max_parts_per_minute - used
+        if cost > left and len(todo) > 1:
+            # CDMA parts are SMS of their own: what fits the budget now, the rest later.
+            fit, total = [], 0
+            for i in todo:
+                one = segment.count_parts(msg.parts[i].text)
+                if total + one > left:
+                    break
+                fit.append(i)
+                total += one
+            if fit:
+                todo, cost = fit, total
+        if used and cost > left:
             logger.info("rate limit: %d parts in the last minute; message %s waits", used,
                         msg.id)
             waits = [t for t in (log.next_free(u.now),
@@ -473,6 +496,11 @@ class Gateway:
             u.transition(msg, OutState.SENT)
             report.confirmed += 1
             logger.info("message %s to %s sent (recorded by the phone)", msg.id, msg.to)
+            return
+        if all(s in (PartState.SENT, PartState.UNSENT) for s in states):
+            # Paced: the parts sent are SENT, the others wait for the rate budget.
+            msg.due = u.now
+            u.transition(msg, OutState.UNSENT)
             return
         if any(s is PartState.UNKNOWN for s in states):
             u.transition(msg, OutState.FAILED, UNKNOWN_OUTCOME)

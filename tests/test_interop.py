@@ -224,3 +224,34 @@ def test_sms_without_sender_is_kept_not_forwarded_and_empty_sms_is_forwarded(
     assert sorted(m["content"] for m in posted) == ["", "hello"]
     assert all(m["from"] for m in posted)
     assert r.store.summary(r.clock())["incoming"]["SET_ASIDE"] == 1
+
+
+# --- texts too long for a phone -------------------------------------------------------------------
+
+def test_a_text_of_654_parts_is_refused_before_any_send(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    msg_id = r.webapp.queue(NUMBER, "x" * 100_000)
+    r.cycle()
+    [update] = [u for u in r.webapp.updates() if u["id"] == msg_id]
+    assert update == {"id": msg_id, "status": "FAILED", "reason": "too long: 654 parts (max 10)"}
+    assert r.phone.sends == []
+
+
+def test_cdma_parts_of_one_message_are_paced_within_the_budget(
+        tmp_path: Path, clock: Clock, make_webapp: Callable[..., ReferenceWebapp]) -> None:
+    webapp = make_webapp()
+    settings = Settings(url=webapp.url, cdma_mode=True, max_parts=60, max_parts_per_minute=30)
+    r = Rig(webapp, SimulatedPhone(clock), tmp_path / "state", clock, settings)
+    text = " ".join(f"word{n:04d}" for n in range(620))  # ~40 CDMA parts
+    msg_id = webapp.queue(NUMBER, text)
+    r.cycle()
+    first = len(r.phone.sends)
+    assert first == 30
+    r.run_until(lambda: webapp.status_of(msg_id) == "SENT", limit=40)
+    assert 35 <= len(r.phone.sends) <= 45
+    assert webapp.statuses()[msg_id] == ["UNSENT", "PENDING", "SENT"]
+    dates = sorted(row.date for row in r.phone.read_outgoing(clock() - timedelta(days=1)))
+    assert len(dates) == len(r.phone.sends)
+    assert max(sum(1 for d in dates if start <= d < start + timedelta(seconds=60))
+               for start in dates) <= 30  # no minute held more than the budget
+    r.client.close()
