@@ -76,22 +76,33 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def setup_logging(paths: Paths, debug: bool, console: bool, url: str | None) -> None:
-    """Event log: a rotating file (0600), plus stderr for foreground commands."""
+def _private_log_handler(path: Any) -> logging.Handler:
+    """A RotatingFileHandler whose files are opened 0600 and never through a link (the log
+    holds SMS text and numbers; a rotated file would otherwise follow the umask)."""
     from logging.handlers import RotatingFileHandler
 
+    from .config import open_private
+
+    class PrivateRotatingFileHandler(RotatingFileHandler):
+        def _open(self) -> Any:
+            fd = open_private(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            os.fchmod(fd, 0o600)
+            return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    return PrivateRotatingFileHandler(path, maxBytes=1_000_000, backupCount=3,
+                                      encoding="utf-8")
+
+
+def setup_logging(paths: Paths, debug: bool, console: bool, url: str | None) -> None:
+    """Event log: a rotating file (0600), plus stderr for foreground commands."""
     paths.ensure()
-    fd = os.open(paths.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.close(fd)
-    os.chmod(paths.log_file, 0o600)
     root = logging.getLogger("smsgw")
     root.handlers.clear()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
     fmt = OneLineFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     secret_filter = SecretFilter(url)
-    handler = RotatingFileHandler(paths.log_file, maxBytes=1_000_000, backupCount=3,
-                                  encoding="utf-8")
+    handler = _private_log_handler(paths.log_file)
     handlers: list[logging.Handler] = [handler]
     if console:
         stream = logging.StreamHandler(sys.stderr)
@@ -450,7 +461,9 @@ def _internal(exc: BaseException, debug: bool) -> None:
 
             url = load_settings(paths).url if paths.config_file.exists() else None
             paths.ensure()
-            fd = os.open(paths.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            from .config import open_private
+
+            fd = open_private(paths.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             with os.fdopen(fd, "a", encoding="utf-8") as fh:
                 fh.write(scrub("".join(traceback.format_exception(exc)), url))
         where = f"the traceback is in {paths.log_file}; run with --debug to see it here"

@@ -351,6 +351,24 @@ def check_private_dir(folder: Path) -> None:
     logger.warning("cannot make %s private: %s", folder, why)  # e.g. a read-only mount
 
 
+def check_private_file(path: Path) -> None:
+    """Refuse a file of smsgw's that is a link, belongs to another user, or that others may
+    write: it could be swapped for a file of theirs. A missing file is fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise UserError(f"{path} is a symbolic link: smsgw does not follow links for its "
+                        f"private files; remove it (rm {path}) and try again")
+    if st.st_uid != os.getuid():
+        raise UserError(f"the file {path} belongs to another user (uid {st.st_uid}; you are "
+                        f"uid {os.getuid()}): move it away and use a folder of your own")
+    if st.st_mode & 0o022:
+        raise UserError(f"the file {path} can be changed by other users (mode "
+                        f"{stat.S_IMODE(st.st_mode):04o}): run `chmod 600 {path}`")
+
+
 def open_private(path: Path, flags: int) -> int:
     """os.open for smsgw's own files: never through a symbolic link, closed on exec, mode
     0600 when created. A link is refused with a UserError; other OSErrors propagate."""

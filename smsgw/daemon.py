@@ -43,7 +43,7 @@ class DaemonLock:
 
     def acquire(self, info: dict[str, Any]) -> None:
         try:
-            fd = os.open(self.paths.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.paths.daemon_lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise StateError(f"cannot write in {self.paths.data_dir}: {exc.strerror}") from None
         try:
@@ -83,7 +83,7 @@ def daemon_running(paths: Paths) -> dict[str, Any] | None:
     """The pid info of the running daemon, judged by its lock (not by a stale pid file)."""
     if not paths.daemon_lock.exists():
         return None
-    fd = os.open(paths.daemon_lock, os.O_RDONLY)
+    fd = os.open(paths.daemon_lock, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

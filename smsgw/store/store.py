@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
 
-from ..config import make_private_dir
+from ..config import check_private_file, make_private_dir
 from ..errors import StateError
 from ..models import (
     REPORTED_STATES,
@@ -113,6 +113,8 @@ class Store:
         with self._locked():
             for tmp in self.folder.glob(".state.json.*.tmp"):  # left by a crash mid-write
                 tmp.unlink(missing_ok=True)
+            for name in ("state.json", "state.lock", "exchange.json"):
+                check_private_file(self.folder / name)
             storage = self._storage()
             data = storage.read()
             if data is None:
@@ -132,7 +134,7 @@ class Store:
     def _locked(self) -> Iterator[None]:
         lock = self.folder / "state.lock"
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError:
             try:  # a read-only folder: reading still works, and flock needs no write access
                 fd = os.open(lock if lock.exists() else self.folder, os.O_RDONLY)
@@ -296,9 +298,11 @@ class Store:
         path = self.folder / "exchange.json"
         tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps({"last_exchange_ok": to_iso(now)}), encoding="utf-8")
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
+            tmp.unlink(missing_ok=True)  # a link left there is removed, never followed
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps({"last_exchange_ok": to_iso(now)}))
+            os.replace(tmp, path)  # replaces a link at `path` itself, not what it points to
         except OSError as exc:
             logger.warning("cannot record the last exchange time: %s", exc)
 
