@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -24,9 +25,14 @@ def printable(value: object) -> str:
     return str(value).translate(_CONTROL)
 
 
+# Only tests set it: a whole smsgw process whose wall clock is off by that many seconds
+# (its monotonic clock is not), as a phone's is after a bad network time.
+_TEST_CLOCK_OFFSET = timedelta(seconds=float(os.environ.get("SMSGW_TEST_CLOCK_OFFSET") or 0))
+
+
 def utcnow() -> datetime:
     """The real clock: timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(timezone.utc) + _TEST_CLOCK_OFFSET
 
 
 def to_iso(dt: datetime | None) -> str | None:

@@ -15,6 +15,7 @@ from smsgw.store import Store
 from smsgw.testserver import ReferenceWebapp
 from smsgw.webapp import WebappClient
 
+pytest_plugins = ["fakes.fixtures"]
 pytestmark = pytest.mark.usefixtures("no_proxies")
 
 NUMBER = "+254700000001"
@@ -112,3 +113,26 @@ def test_a_clock_jumping_ahead_does_not_empty_the_rate_window(rig):
     clock.advance(3600)  # the wall clock says an hour passed; no time did
     cycle(0)
     assert len(phone.sends) == 30
+
+
+def test_a_whole_process_with_its_clock_60_days_ahead_sends_nothing_twice(
+        tmp_path: Path, make_webapp: Callable[..., ReferenceWebapp], fake_termux) -> None:
+    from fakes.provider import ENV_DIR
+    from runner import SmsgwRunner
+
+    webapp = make_webapp()
+    smsgw = SmsgwRunner(tmp_path, extra_env={"PATH": fake_termux.env["PATH"],
+                                            ENV_DIR: fake_termux.env[ENV_DIR]})
+    assert smsgw("config", "--url", webapp.url, "--no-check").returncode == 0
+    ids = [webapp.queue(NUMBER, f"text {n}") for n in range(3)]
+    res = smsgw("run", "--interval", "1", "--max-cycles", "12")
+    assert res.returncode == 0, res.stderr
+    assert all(webapp.status_of(i) == "SENT" for i in ids), webapp.statuses()
+    sends = fake_termux.call_count("termux-sms-send")
+    ahead = smsgw("run", "--once", env={"SMSGW_TEST_CLOCK_OFFSET": str(60 * 86400)})
+    assert ahead.returncode == 0, ahead.stderr
+    for msg_id in ids:
+        webapp.offer_again(msg_id)
+    assert smsgw("run", "--once").returncode == 0
+    assert fake_termux.call_count("termux-sms-send") == sends
+    assert all(webapp.status_of(i) == "SENT" for i in ids)
