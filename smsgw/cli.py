@@ -240,7 +240,9 @@ def messages(c: Ctx, state_filter: str | None, limit: int, as_json: bool) -> Non
         click.echo(f"  ... and {listing.more_outgoing} more (--limit)")
     click.echo(f"To webapp ({len(incoming)}):")
     for i in incoming:
-        click.echo(f"  {i.id}  from {p(i.from_)}  {i.state.value}  {i.content[:60]!r}")
+        reason = f" ({p(i.reason)})" if i.reason else ""
+        click.echo(f"  {i.id}  from {p(i.from_) or '?'}  {i.state.value}{reason}  "
+                   f"{i.content[:60]!r}")
     if listing.more_incoming:
         click.echo(f"  ... and {listing.more_incoming} more (--limit)")
 

@@ -20,6 +20,7 @@ from .errors import PhoneError, StateError, WebappError
 from .models import (
     RATE_WINDOW,
     Clock,
+    InState,
     Offered,
     Outgoing,
     OutState,
@@ -216,9 +217,11 @@ class Gateway:
         except PhoneError as exc:
             self._phone_error(now, f"reading the inbox: {exc}")
             raise
-        if rows or new_position != position:
-            stored = self.store.save_inbox(rows, new_position, now)
-            report.received += len(stored)
+        take = getattr(self.phone, "take_bad_rows", None)
+        bad = take() if take is not None else []
+        if rows or bad or new_position != position:
+            stored = self.store.save_inbox(rows, new_position, now, bad=bad)
+            report.received += sum(1 for m in stored if m.state is InState.WAITING)
         if had_error:  # the phone answers again: the old error is history, not status
             with self.store.unit(self.clock()) as u:
                 u.phone_problem = None

@@ -255,3 +255,20 @@ def test_cdma_parts_of_one_message_are_paced_within_the_budget(
     assert max(sum(1 for d in dates if start <= d < start + timedelta(seconds=60))
                for start in dates) <= 30  # no minute held more than the budget
     r.client.close()
+
+
+def test_an_sms_with_half_a_character_is_set_aside_and_the_others_flow(
+        rig: Callable[..., Rig]) -> None:
+    r = rig(flavour="php")  # PHP's json_decode refuses a lone surrogate: all would be lost
+    r.cycle()
+    for n in range(5):
+        r.phone.receive("+254733333330", f"good {n}")
+    r.phone.receive("+254733333339", "half an emoji \ud83d")
+    r.run_until(lambda: r.store.summary(r.clock())["incoming"]["WAITING"] == 0)
+    r.cycle()
+    assert r.store.summary(r.clock())["incoming"]["SET_ASIDE"] == 1
+    listed = r.store.messages(r.clock(), 50).incoming
+    [aside] = [m for m in listed if m.state.value == "SET_ASIDE"]
+    assert aside.reason == "the text holds half a character"
+    assert aside.content == "half an emoji \\ud83d"
+    assert sorted(m["content"] for m in r.webapp.received()) == [f"good {n}" for n in range(5)]

@@ -64,6 +64,15 @@ logger = logging.getLogger(__name__)
 RECENT_KEYS = 1000  # inbox row keys remembered beyond the read position, for dedup
 
 
+def _half_character(text: str) -> bool:
+    """Whether `text` holds a lone surrogate (half of a character outside the BMP)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 @dataclass
 class Batch:
     """What one POST carries: incoming SMS and status updates, with their outbox doc ids."""
@@ -201,12 +210,24 @@ class Store:
         return True
 
     def save_inbox(self, rows: Iterable[Any], position: dict[str, Any], now: datetime,
-                   ) -> list[Incoming]:
-        """Store new inbox rows with fresh UUIDs in the same write that moves the position."""
+                   bad: Iterable[Any] = ()) -> list[Incoming]:
+        """Store new inbox rows with fresh UUIDs in the same write that moves the position;
+        rows the phone could not read (`bad`) are kept set aside, each key once."""
         stored: list[Incoming] = []
         with self.unit(now) as u:
             recent: list[str] = list(u._get("inbox_keys", []))
             seen = set(recent)
+            for row in bad:
+                if row.key in seen:
+                    continue
+                seen.add(row.key)
+                recent.append(row.key)
+                aside = Incoming(id=str(uuid.uuid4()), from_="", content=row.raw, sms_sent=0,
+                                 sms_received=0, state=InState.SET_ASIDE, key=row.key,
+                                 stored=now, reason=f"unreadable row: {row.reason}")
+                stored.append(aside)
+                logger.warning("an inbox row could not be read (%s): kept aside as %s, "
+                               "not forwarded", row.reason, aside.id)
             for row in rows:
                 # The phone's position already gives each row once; this guards against a
                 # re-read. Rows without `_id` (old Termux:API) may be true twins with one
@@ -226,6 +247,13 @@ class Store:
                     msg.state, msg.reason = InState.SET_ASIDE, "no sender number"
                     logger.warning("received SMS %s has no sender number: kept, not "
                                    "forwarded", msg.id)
+                elif _half_character(row.body):
+                    # As JSON it needs a \ud83d escape, which PHP's json_decode refuses:
+                    # the whole POST, and every SMS in it, would be lost.
+                    msg.state, msg.reason = InState.SET_ASIDE, "the text holds half a character"
+                    msg.content = row.body.encode("utf-8", "backslashreplace").decode("utf-8")
+                    logger.warning("received SMS %s from %s holds half a character (a lone "
+                                   "surrogate): kept, not forwarded", msg.id, row.address)
                 elif not row.body:
                     logger.info("received SMS %s from %s is empty; forwarded (cht-core "
                                 "ignores empty SMS)", msg.id, row.address)
