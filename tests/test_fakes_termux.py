@@ -264,3 +264,68 @@ def test_send_with_a_slot_that_is_not_an_integer_hangs_in_its_group(fake, slot):
     while group_alive(call["pid"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not group_alive(call["pid"])  # the fake and its `sleep` were killed together
+
+
+# rows termux-sms-list prints oddly -----------------------------------------------------------
+def test_a_lone_surrogate_body_is_printed_as_its_json_escape(fake):
+    row_id = fake.receive("+254700000001", "half \ud83d emoji")
+    assert fake.rows()[0]["body"] == "half \ud83d emoji"
+    proc = run(fake, "termux-sms-list", "-l", "1")
+    assert proc.returncode == 0
+    assert '"body": "half \\ud83d emoji"' in proc.stdout  # valid UTF-8 on stdout
+    assert json.loads(proc.stdout)[0]["body"] == "half \ud83d emoji"
+    # A surrogate pair stored as two code points comes out as one character.
+    fake.receive("+254700000001", "\ud83d\ude00", at=T0 + timedelta(seconds=1))
+    assert listed(fake, "-l", "1")[0]["body"] == "😀"
+    assert row_id == 1
+
+
+def test_add_raw_row_prints_a_real_row_oddly(fake):
+    fake.receive("+254700000001", "plain", at=T0)
+    dateless = fake.add_raw_row("+254700000002", "no date", at=T0 + timedelta(seconds=1),
+                                drop=["received"])
+    nulled = fake.add_raw_row("+254700000003", "x", at=T0 + timedelta(seconds=2),
+                              fields={"body": None, "received": "yesterday"})
+    fake.add_raw_row("+254700000004", "x", at=T0 + timedelta(seconds=3), entry="garbage")
+    sent = fake.add_raw_row("+254700000005", "out", at=T0 + timedelta(seconds=4), kind="sent",
+                            drop=["received"])
+    out = listed(fake, "-l", "9")
+    assert out[0]["body"] == "plain"
+    assert "received" not in out[1] and out[1]["_id"] == dateless
+    assert (out[2]["body"], out[2]["received"], out[2]["_id"]) == (None, "yesterday", nulled)
+    assert out[3] == "garbage"
+    assert (out[4]["type"], out[4]["_id"], "received" in out[4]) == ("sent", sent, False)
+    # Real rows: type URIs, selections and sort orders see them as any row.
+    assert [r["_id"] for r in listed(fake, "-t", "sent")] == [sent]
+    selected = listed(fake, "-t", "inbox", f"--message-selection=_id = {dateless}")
+    assert [r.get("_id") for r in selected] == [dateless]
+    assert [r["type"] for r in fake.rows()] == [1, 1, 1, 1, 2]
+    # A deleted row's oddity goes with it: a reused `_id` prints normally.
+    assert fake.delete(sent)
+    assert fake.receive("+254700000006", "reuses the id", at=T0 + timedelta(seconds=5)) == sent
+    assert listed(fake, "-l", "1")[0]["received"] == "2026-03-10 09:15:47"
+
+
+def test_add_raw_row_from_the_command_line(fake):
+    proc = run(fake, "fake-termux", "raw", "inbox", "+254700000001", "b", "--at",
+               T0.isoformat(), "--drop", "received", "--set", "body=12", "--entry", "[1]")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    proc = run(fake, "fake-termux", "raw", "inbox", "+254700000001", "b", "--drop", "received",
+               "--set", "body=null", "--at", (T0 + timedelta(seconds=1)).isoformat())
+    assert listed(fake, "-l", "2") == [[1], {
+        "threadid": 1, "type": "inbox", "read": False, "address": "+254700000001",
+        "number": "+254700000001", "body": None, "_id": int(proc.stdout)}]
+
+
+@pytest.mark.parametrize(("digits", "received"), [
+    ("arabic", "٢٠٢٦-٠٣-١٠ ٠٩:١٥:٤٢"), ("persian", "۲۰۲۶-۰۳-۱۰ ۰۹:۱۵:۴۲"),
+    ("devanagari", "२०२६-०३-१० ०९:१५:४२"), ("bengali", "২০২৬-০৩-১০ ০৯:১৫:৪২"),
+])
+def test_locale_digits_format_every_received(fake, digits, received):
+    fake.set_mode(locale_digits=digits)
+    fake.receive("+254700000001", "in", at=T0)
+    fake.add_row("sent", "+254700000001", "out", at=T0)
+    assert [r["received"] for r in listed(fake)] == [received, received]
+    proc = run(fake, "fake-termux", "mode", "locale_digits=")
+    assert proc.returncode == 0
+    assert listed(fake, "-l", "1")[0]["received"] == "2026-03-10 09:15:42"

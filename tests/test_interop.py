@@ -272,3 +272,33 @@ def test_an_sms_with_half_a_character_is_set_aside_and_the_others_flow(
     assert aside.reason == "the text holds half a character"
     assert aside.content == "half an emoji \\ud83d"
     assert sorted(m["content"] for m in r.webapp.received()) == [f"good {n}" for n in range(5)]
+
+
+@pytest.mark.parametrize("app", ["0.53", "0.49"])  # by _id with a selection, and by date
+def test_a_surrogate_body_and_a_dateless_row_among_ten_good_ones(
+        rig: Callable[..., Rig], fake_termux: FakeTermux, app: str) -> None:
+    fake_termux.set_mode(app_version=app)
+    if app == "0.49":
+        fake_termux.add_row("sent", "+254799999999", "setup", at=datetime.now(timezone.utc)
+                            - timedelta(days=1))
+    r = rig(phone=TermuxPhone(send_timeout=20, list_timeout=20), flavour="cht")
+    r.cycle()
+    for n in range(5):
+        fake_termux.receive("+254744444440", f"good {n}")
+    fake_termux.add_raw_row("+254744444441", "placeholder", fields={"body": "half \ud83d"})
+    fake_termux.add_raw_row("+254744444442", "no date here", drop=("received",))
+    for n in range(5, 10):
+        fake_termux.receive("+254744444440", f"good {n}")
+    for _ in range(3):
+        assert r.cycle().errors == []
+    assert sorted(m["content"] for m in r.webapp.received()) == sorted(
+        f"good {n}" for n in range(10))
+    summary = r.store.summary(r.clock())
+    assert summary["incoming"]["SET_ASIDE"] == 2
+    reasons = sorted(m.reason for m in r.store.messages(r.clock(), 50).incoming
+                     if m.state.value == "SET_ASIDE")
+    assert reasons[0] == "the text holds half a character"
+    assert reasons[1].startswith("unreadable row: ")
+    for _ in range(2):
+        r.cycle()
+    assert r.store.summary(r.clock())["incoming"]["SET_ASIDE"] == 2  # each once

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fakes import FakeTermux
 
-from smsgw.phone.base import FAILED, INBOX, SENT, InvalidNumber, Phone, number_digits
+from smsgw.phone.base import FAILED, INBOX, SENT, BadRow, InvalidNumber, Phone, number_digits
 from smsgw.phone.simulated import SimulatedPhone
 from smsgw.phone.termux import TermuxPhone
 
@@ -31,6 +31,10 @@ class SimulatedAdapter:
 
     def receive(self, address: str, body: str) -> None:
         self.phone.receive(address, body)
+
+    def receive_unreadable(self, address: str, body: str) -> None:
+        self.phone.receive_raw({"type": "inbox", "address": address, "body": body},
+                               "no `received` date")
 
     def fail_next_sends(self, count: int) -> None:
         self.phone.fail_next_sends(count)
@@ -60,6 +64,9 @@ class TermuxAdapter:
 
     def receive(self, address: str, body: str) -> None:
         self.fake.receive(address, body)
+
+    def receive_unreadable(self, address: str, body: str) -> None:
+        self.fake.add_raw_row(address, body, drop=["received"])
 
     def fail_next_sends(self, count: int) -> None:
         self.fake.set_mode(fail_next=count)
@@ -287,3 +294,38 @@ class TestPhoneContract:
         rows, pos = adapter.phone.read_inbox(through_json(pos),
                                              since=adapter.now - timedelta(days=1))
         assert [r.body for r in rows] == ["new"]
+
+    # rows that cannot be read: set aside, never in the way -----------------------------------
+    def test_take_bad_rows_is_empty_on_a_healthy_phone(self, adapter):
+        assert adapter.phone.take_bad_rows() == []
+        adapter.receive("+254700000001", "old")
+        rows, pos = adapter.phone.read_inbox(None)
+        adapter.advance(1)
+        adapter.receive("+254700000002", "half \ud83d emoji")  # odd text, still a row
+        rows, pos = adapter.phone.read_inbox(through_json(pos))
+        assert [r.body for r in rows] == ["half \ud83d emoji"]
+        adapter.phone.read_outgoing(adapter.now)
+        assert adapter.phone.take_bad_rows() == []
+
+    def test_an_unreadable_row_is_set_aside_once_and_blocks_nothing(self, adapter):
+        _, pos = adapter.phone.read_inbox(None)
+        adapter.advance(1)
+        adapter.receive("+254700000001", "before")
+        adapter.advance(1)
+        adapter.receive_unreadable("+254700000002", "unreadable")
+        adapter.advance(1)
+        adapter.receive("+254700000003", "after")
+        rows, pos = adapter.phone.read_inbox(through_json(pos))
+        assert [r.body for r in rows] == ["before", "after"]
+        (bad,) = adapter.phone.take_bad_rows()
+        assert isinstance(bad, BadRow)
+        assert json.loads(bad.raw)["body"] == "unreadable"
+        assert bad.reason and bad.key
+        assert adapter.phone.take_bad_rows() == []
+        assert adapter.phone.read_inbox(through_json(pos))[0] == []
+        assert adapter.phone.take_bad_rows() == []
+        adapter.advance(1)
+        adapter.receive("+254700000004", "next")
+        rows, pos = adapter.phone.read_inbox(through_json(pos))
+        assert [r.body for r in rows] == ["next"]
+        assert adapter.phone.take_bad_rows() == []

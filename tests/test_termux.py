@@ -231,9 +231,9 @@ def test_send_argument_error_was_not_sent(tmp_path, monkeypatch):
 
 
 # parsing termux-sms-list -------------------------------------------------------------------
+# (One unreadable row in a list is not an error: it is set aside, see test_bad_rows.py.)
 @pytest.mark.parametrize("output", [
-    "not json", "[{\"received\": \"yesterday\", \"body\": \"x\"}]", "{\"rows\": []}", "",
-    "[DEBUG] termux-api SmsInbox\n[]",
+    "not json", "{\"rows\": []}", "", "[DEBUG] termux-api SmsInbox\n[]",
 ])
 def test_garbage_list_output_is_a_phone_error(tmp_path, monkeypatch, output):
     script(tmp_path, monkeypatch, "termux-sms-list", f"printf '%s' '{output}'")

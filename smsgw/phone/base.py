@@ -8,6 +8,7 @@ provider (type sent, or failed). See ../shared/TERMUX.md.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -76,8 +77,58 @@ class SmsRow:
 
         The kind is left out on purpose: a sent row that turns failed is the same row.
         """
-        digest = hashlib.sha256(self.body.encode("utf-8")).hexdigest()[:16]
+        # surrogatepass: a lone surrogate (half an emoji, printed by termux-sms-list as a
+        # \udXXX escape) must not raise; every body valid in UTF-8 keeps the same key.
+        digest = hashlib.sha256(self.body.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         return f"{self.row_id}|{number_digits(self.address)}|{int(self.date.timestamp())}|{digest}"
+
+
+BAD_RAW_CHARS = 500  # characters of a bad row's JSON text kept in BadRow.raw
+BAD_REASON_CHARS = 200  # characters of a BadRow.reason
+# Fields of a listed row that change while the row stays the same: whether it was read on the
+# phone, the contact name, the conversation. A bad row's key leaves them out.
+_VOLATILE_FIELDS = ("read", "sender", "threadid")
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def json_text(value: Any, *, sort_keys: bool = False) -> str:
+    """`value` as compact JSON that is always valid UTF-8: non-ASCII text stays readable,
+    a lone surrogate becomes its \\udXXX escape."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=sort_keys, separators=(",", ":"),
+                      default=repr)
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """An inbox row the phone listed but that cannot be read as an SMS (no `received` date,
+    an unreadable one, not a JSON object, a body that is not a text...): set aside, so it
+    never blocks the rows after it. See Phone.take_bad_rows.
+
+    `raw` is the entry as compact JSON (valid UTF-8, at most BAD_RAW_CHARS characters, cut
+    with "..."); `reason` says what is wrong (at most BAD_REASON_CHARS characters, never the
+    body's text); `key` ("bad|" and 16 hex digits) is a hash of the whole entry without the
+    fields that change while the row stays the same (`read`, `sender`, `threadid`), so the
+    same row listed again has the same key.
+    """
+
+    raw: str
+    reason: str
+    key: str
+
+    @classmethod
+    def of(cls, entry: Any, reason: str) -> BadRow:
+        """The BadRow for `entry` (a JSON value as listed) that is unreadable for `reason`."""
+        stable = ({k: v for k, v in entry.items() if k not in _VOLATILE_FIELDS}
+                  if isinstance(entry, dict) else entry)
+        digest = hashlib.sha256(json_text(stable, sort_keys=True).encode("utf-8")).hexdigest()
+        return cls(raw=_clip(json_text(entry), BAD_RAW_CHARS),
+                   reason=_clip(" ".join(reason.split()), BAD_REASON_CHARS),
+                   key=f"bad|{digest[:16]}")
 
 
 class Phone(ABC):
@@ -113,6 +164,17 @@ class Phone(ABC):
     @abstractmethod
     def read_outgoing(self, since: datetime) -> list[SmsRow]:
         """Sent and failed rows dated at or after `since`, oldest first."""
+
+    def take_bad_rows(self) -> list[BadRow]:
+        """The inbox rows set aside as unreadable by the read_inbox calls since the last call
+        (each key once, oldest first), and forget them.
+
+        read_inbox never fails on such a row: its position moves past it and the rows around
+        it are returned as usual. A row is set aside by the read that first meets it; a read
+        from an older position may set the same row aside again (same `key`). Call this
+        right after read_inbox and store both together.
+        """
+        return []
 
     def diagnose(self) -> str | None:
         """Best-known cause of a failed send ("no SIM", "no network operator"), or None."""

@@ -2,7 +2,8 @@
 
 Like Android's SMS provider it keeps one table of rows with increasing `_id`s; a send
 writes a `sent` row (or a `failed` one when told to fail), dates have second resolution,
-and there are no delivery reports.
+and there are no delivery reports. `receive_raw()` stores an inbox row that cannot be
+read, which read_inbox sets aside for take_bad_rows() as TermuxPhone does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..models import Clock, utcnow
-from .base import FAILED, INBOX, SENT, Phone, SmsRow, java_trim, normalize_number
+from .base import FAILED, INBOX, SENT, BadRow, Phone, SmsRow, java_trim, normalize_number
 
 
 @dataclass
@@ -23,6 +24,7 @@ class _Row:
     address: str
     body: str
     date: datetime
+    bad: BadRow | None = None  # an unreadable row (receive_raw)
 
 
 class SimulatedPhone(Phone):
@@ -37,13 +39,14 @@ class SimulatedPhone(Phone):
         self._fail_next = 0
         self.radio_off = False
         self.sends: list[tuple[str, str]] = []  # every (number, text) handed over
+        self._bad_rows: dict[str, BadRow] = {}  # set aside by read_inbox, not yet taken
 
     def _now(self) -> datetime:
         return self._clock().replace(microsecond=0)
 
-    def _add(self, kind: str, address: str, body: str) -> _Row:
+    def _add(self, kind: str, address: str, body: str, bad: BadRow | None = None) -> _Row:
         row_id = self._rows[-1].row_id + 1 if self._rows else 1
-        row = _Row(row_id, kind, address, body, self._now())
+        row = _Row(row_id, kind, address, body, self._now(), bad)
         self._rows.append(row)
         return row
 
@@ -51,6 +54,21 @@ class SimulatedPhone(Phone):
         """An SMS arrives from `address`."""
         with self._lock:
             self._add(INBOX, address, body)
+
+    def receive_raw(self, entry: Any, reason: str = "unreadable row") -> BadRow:
+        """An inbox row arrives that cannot be read: `entry` is what termux-sms-list would
+        print for it (any JSON value). read_inbox moves past it and sets it aside; returns
+        the BadRow take_bad_rows() will give."""
+        bad = BadRow.of(entry, reason)
+        with self._lock:
+            self._add(INBOX, "", "", bad)
+        return bad
+
+    def take_bad_rows(self) -> list[BadRow]:
+        with self._lock:
+            rows = list(self._bad_rows.values())
+            self._bad_rows.clear()
+        return rows
 
     def fail_next_sends(self, count: int) -> None:
         """The next `count` sends end as failed rows, as with no service or radio off."""
@@ -81,16 +99,28 @@ class SimulatedPhone(Phone):
                 if since.tzinfo is None:
                     since = since.replace(tzinfo=timezone.utc)
                 floor = since.replace(microsecond=0)  # row dates have second resolution
-                return [self._public(r) for r in self._rows
-                        if r.kind == INBOX and r.date >= floor], {"id": last_id}
+                return self._inbox(r for r in self._rows if r.date >= floor), {"id": last_id}
             after = int(position.get("id", 0))
-            rows = [self._public(r) for r in self._rows if r.kind == INBOX and r.row_id > after]
-            return rows, {"id": max([after] + [r.row_id for r in rows if r.row_id is not None])}
+            return self._inbox(r for r in self._rows if r.row_id > after), {
+                "id": max([after] + [r.row_id for r in self._rows if r.kind == INBOX])}
+
+    def _inbox(self, rows: Any) -> list[SmsRow]:
+        """The readable inbox rows of `rows`; the bad ones are set aside."""
+        out = []
+        for r in rows:
+            if r.kind != INBOX:
+                continue
+            if r.bad is not None:
+                self._bad_rows.pop(r.bad.key, None)
+                self._bad_rows[r.bad.key] = r.bad
+            else:
+                out.append(self._public(r))
+        return out
 
     def read_outgoing(self, since: datetime) -> list[SmsRow]:
         with self._lock:
-            return [self._public(r) for r in self._rows
-                    if r.kind in (SENT, FAILED) and r.date >= since.replace(microsecond=0)]
+            return [self._public(r) for r in self._rows if r.kind in (SENT, FAILED)
+                    and r.bad is None and r.date >= since.replace(microsecond=0)]
 
     def diagnose(self) -> str | None:
         return "radio off" if self.radio_off else None

@@ -17,6 +17,8 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -24,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from ..errors import PhoneError, PhoneTimeout
-from .base import FAILED, INBOX, SENT, Phone, SmsRow, normalize_number
+from .base import FAILED, INBOX, SENT, BadRow, Phone, SmsRow, normalize_number
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ MAX_SIM_SLOT = 9
 LOG_LEVEL_ENV = "TERMUX_API__LOG_LEVEL"
 _KINDS = {"inbox": INBOX, "sent": SENT, "failed": FAILED}
 _WORDS = 300  # characters of a tool's output kept in an error text
+MAX_BAD_ROWS = 1000  # bad rows kept for take_bad_rows(), and keys remembered as logged
 
 
 class CommandFailed(PhoneError):
@@ -201,6 +204,22 @@ class _Item(NamedTuple):
     def lo(self) -> int:
         return int(self.row.date.timestamp())
 
+    @property
+    def row_id(self) -> int | None:
+        return self.row.row_id
+
+
+class _Bad(NamedTuple):
+    """A listed entry that is not a readable row; its `_id` and kind when those are readable
+    (they still serve for paging and for telling whether a selection was applied)."""
+
+    bad: BadRow
+    row_id: int | None
+    kind: str | None
+
+
+_Entry = _Item | _Bad
+
 
 class _SelectionIgnored(Exception):
     """termux-sms-list answered rows its --message-selection excludes, or refused the option."""
@@ -226,44 +245,120 @@ def _refuses_selection(exc: CommandFailed) -> bool:
     return exc.returncode == 1 and "illegal option --" in exc.output
 
 
+def ascii_digits(text: str) -> str:
+    """`text` with every Unicode decimal digit as its ASCII digit, and without invisible
+    format characters (e.g. a right-to-left mark).
+
+    Termux:API formats `received` with SimpleDateFormat in the phone's default locale: on a
+    phone set to Arabic, Persian, Nepali, Bengali... the digits are the locale's own
+    (`٢٠٢٦-١٢-٠١ ٠٩:١٥:٤٢`)."""
+    out = []
+    for ch in text:
+        if ch.isascii():
+            out.append(ch)
+        elif ch.isdecimal():
+            out.append(str(unicodedata.decimal(ch, ch)))
+        elif unicodedata.category(ch) != "Cf":
+            out.append(ch)
+    return "".join(out)
+
+
 def _to_utc(received: str) -> tuple[datetime, int]:
     """`received` (the phone's local time) as aware UTC, and the latest second it may mean.
 
     A local time in the hour repeated when DST ends has two meanings; the row gets the
     earlier one and comparisons with positions use the later one, so no row is lost.
     """
-    naive = datetime.strptime(received, RECEIVED_FORMAT)
+    naive = datetime.strptime(ascii_digits(received), RECEIVED_FORMAT)
     a = naive.replace(fold=0).astimezone(timezone.utc)
     b = naive.replace(fold=1).astimezone(timezone.utc)
     return min(a, b), int(max(a, b).timestamp())
 
 
-def _parse_rows(data: Any) -> list[_Item]:
+class _Unreadable(Exception):
+    """Why a listed entry is not a readable row."""
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "unknown")
+
+
+def _int_field(entry: Any, name: str) -> int | None:
+    value = entry.get(name) if isinstance(entry, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _kind_field(entry: Any) -> str | None:
+    kind = entry.get("type") if isinstance(entry, dict) else None
+    return _KINDS.get(kind, kind) if isinstance(kind, str) else None
+
+
+def _parse_row(entry: Any) -> _Item:
+    """One listed entry as a row; raises _Unreadable (never with the body's text)."""
+    if not isinstance(entry, dict):
+        raise _Unreadable(f"the entry is {_json_type(entry)}, not an object")
+    if "received" not in entry:
+        raise _Unreadable("no `received` date")
+    received = entry["received"]
+    if not isinstance(received, str):
+        raise _Unreadable(f"`received` is {_json_type(received)}, not a text")
+    try:
+        date, hi = _to_utc(received)
+    except (ValueError, OverflowError, OSError):
+        raise _Unreadable(f"unreadable `received` date {_words(received)[:60]!r}") from None
+    if "body" not in entry:
+        raise _Unreadable("no `body`")
+    body = entry["body"]
+    if not isinstance(body, str):
+        raise _Unreadable(f"`body` is {_json_type(body)}, not a text")
+    address = entry.get("address")
+    if address is None:
+        address = entry.get("number")  # Termux:API before 0.51
+    return _Item(SmsRow(
+        kind=_kind_field(entry) or "",
+        address=address if isinstance(address, str) else "",
+        body=body,
+        date=date,
+        row_id=_int_field(entry, "_id"),  # Termux:API 0.50+
+    ), hi)
+
+
+def _parse_rows(data: Any) -> list[_Entry]:
+    """The listed entries in the order printed: rows, and the unreadable ones set aside (one
+    bad entry never fails the whole answer; an answer that is not a list does)."""
     if not isinstance(data, list):
         raise PhoneError(f"{SMS_LIST} did not answer a list: {_words(json.dumps(data))!r}")
-    items = []
+    entries: list[_Entry] = []
     for entry in data:
-        if not isinstance(entry, dict):
-            raise PhoneError(f"{SMS_LIST} printed an unexpected row: {_words(repr(entry))}")
         try:
-            date, hi = _to_utc(entry["received"])
-        except (KeyError, TypeError, ValueError, OverflowError, OSError):
-            raise PhoneError(f"{SMS_LIST} printed a row without a readable date: "
-                             f"{_words(repr(entry.get('received')))}") from None
-        address = entry.get("address")
-        if address is None:
-            address = entry.get("number")  # Termux:API before 0.51
-        body = entry.get("body")
-        row_id = entry.get("_id")  # Termux:API 0.50+
-        kind = entry.get("type")
-        items.append(_Item(SmsRow(
-            kind=_KINDS.get(kind, kind) if isinstance(kind, str) else "",
-            address=address if isinstance(address, str) else "",
-            body=body if isinstance(body, str) else "",
-            date=date,
-            row_id=row_id if isinstance(row_id, int) and not isinstance(row_id, bool) else None,
-        ), hi))
-    return items
+            entries.append(_parse_row(entry))
+        except _Unreadable as exc:
+            entries.append(_Bad(BadRow.of(entry, str(exc)), _int_field(entry, "_id"),
+                                _kind_field(entry)))
+    return entries
+
+
+def _good(entries: Iterable[_Entry]) -> list[_Item]:
+    return [e for e in entries if isinstance(e, _Item)]
+
+
+def _unique_bad(entries: Iterable[_Entry]) -> list[_Bad]:
+    """The bad entries, each key once (the first), in order."""
+    found: dict[str, _Bad] = {}
+    for e in entries:
+        if isinstance(e, _Bad):
+            found.setdefault(e.bad.key, e)
+    return list(found.values())
+
+
+def _ids(entries: Iterable[_Entry]) -> list[int]:
+    return [e.row_id for e in entries if e.row_id is not None]
 
 
 def _ident(row: SmsRow) -> str:
@@ -274,12 +369,14 @@ def _ident(row: SmsRow) -> str:
 @dataclass
 class _Position:
     """Where the inbox was read up to: the highest `_id` (None without `--message-selection`
-    or before any inbox row), the UTC second from which rows are compared with `seen`, and
-    how many rows of each identity were seen from there on."""
+    or before any inbox row), the UTC second from which rows are compared with `seen`, how
+    many rows of each identity were seen from there on, and the keys of the bad rows already
+    set aside that the next read may list again."""
 
     id: int | None
     since: int | None
     seen: dict[str, int] = field(default_factory=dict)
+    bad: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, raw: Any) -> _Position | None:
@@ -293,12 +390,19 @@ class _Position:
             return value if isinstance(value, int) and not isinstance(value, bool) else None
 
         seen = raw.get("seen")
+        bad = raw.get("bad")
         return cls(integer(raw.get("id")), integer(raw.get("since")),
                    {str(k): v for k, v in seen.items() if integer(v) and v > 0}
-                   if isinstance(seen, dict) else {})
+                   if isinstance(seen, dict) else {},
+                   frozenset(k for k in bad if isinstance(k, str))
+                   if isinstance(bad, list) else frozenset())
 
     def dump(self) -> dict[str, Any]:
-        return {"v": 1, "id": self.id, "since": self.since, "seen": dict(sorted(self.seen.items()))}
+        out: dict[str, Any] = {"v": 1, "id": self.id, "since": self.since,
+                               "seen": dict(sorted(self.seen.items()))}
+        if self.bad:
+            out["bad"] = sorted(self.bad)
+        return out
 
 
 def _floor_second(at: datetime) -> int:
@@ -325,6 +429,12 @@ def _count(items: Iterable[_Item], keep: Callable[[_Item], bool]) -> dict[str, i
     return dict(Counter(_ident(i.row) for i in items if keep(i)))
 
 
+def _in_window(newer: int | None, bound: int | None) -> bool:
+    """Whether a bad row listed by date can be from `bound` on: `newer` is the earliest
+    second any row listed after it (newer) can stand for, None when none is."""
+    return bound is None or newer is None or newer >= bound
+
+
 def _dedupe(items: list[_Item]) -> list[_Item]:
     """Drop rows listed twice because offsets moved between pages (only rows with `_id`)."""
     keys: set[str] = set()
@@ -345,6 +455,9 @@ class TermuxPhone(Phone):
     `calls` counts the termux-api commands this instance ran: they are the gateway's main
     cost. Reading the inbox or the sent rows is one command while fewer than `page_size`
     rows are new; whether the app supports --message-selection is probed once.
+
+    A listed entry that is not a readable row never fails a read: read_inbox moves past it
+    and keeps it for take_bad_rows() (logged once as a warning); read_outgoing skips it.
     """
 
     name = "termux"
@@ -359,6 +472,9 @@ class TermuxPhone(Phone):
         self.page_size = page_size
         self.calls = 0
         self._selection: bool | None = None
+        self._bad_lock = threading.Lock()
+        self._bad_rows: dict[str, BadRow] = {}  # set aside, not yet taken
+        self._logged: dict[str, None] = {}  # keys already logged (the newest MAX_BAD_ROWS)
 
     @property
     def sim_slot(self) -> int | None:
@@ -374,7 +490,7 @@ class TermuxPhone(Phone):
         self.calls += 1
         return run_command(args, stdin=stdin, timeout=timeout)
 
-    def _list(self, *options: str) -> list[_Item]:
+    def _list(self, *options: str) -> list[_Entry]:
         try:
             out = self._run((SMS_LIST, *options), timeout=self.list_timeout)
         except CommandFailed as exc:
@@ -410,40 +526,62 @@ class TermuxPhone(Phone):
                        "reading by date from now on: update termux-api and the Termux:API app")
         self._selection = False
 
-    def _pages_by_id(self, type_option: str, selection: str,
-                     check: Callable[[_Item], bool]) -> list[_Item]:
+    def _pages_by_id(self, type_option: str, selection: str, check: Callable[[_Item], bool],
+                     kinds: tuple[str, ...]) -> tuple[list[_Item], list[_Bad]]:
         """All rows matching `selection`, paged on `_id` (not offsets, which move when rows
-        come or go between pages); every row must pass `check`, else the app ignored it."""
-        items: list[_Item] = []
+        come or go between pages); every row must pass `check`, else the app ignored it. Bad
+        entries are returned apart; their `_id`, when readable, pages too."""
+        entries: list[_Entry] = []
         after: int | None = None
         while True:
             where = selection if after is None else f"{selection} AND _id > {after}"
             page = self._list("-t", type_option, "-l", str(self.page_size),
                               f"--message-selection={where}", "--message-sort-order=_id ASC")
-            for item in page:
-                if item.row.row_id is None or not check(item) or (
-                        after is not None and item.row.row_id <= after):
+            for entry in page:
+                if after is not None and entry.row_id is not None and entry.row_id <= after:
                     raise _SelectionIgnored
-            items.extend(page)
+                if isinstance(entry, _Bad):
+                    if entry.kind is not None and entry.kind not in kinds:
+                        raise _SelectionIgnored
+                elif entry.row_id is None or not check(entry):
+                    raise _SelectionIgnored
+            entries.extend(page)
             if len(page) < self.page_size:
-                return sorted(items, key=lambda i: i.row.row_id or 0)
-            after = max(i.row.row_id or 0 for i in page)
+                items = sorted(_good(entries), key=lambda i: i.row.row_id or 0)
+                return items, _unique_bad(entries)
+            ids = _ids(page)
+            if not ids:
+                raise _SelectionIgnored  # a full page of entries without `_id`: page by date
+            after = max(ids)
 
     def _pages_by_date(self, type_option: str, enough: Callable[[list[_Item]], bool],
-                       kinds: tuple[str, ...] | None = None) -> list[_Item]:
+                       kinds: tuple[str, ...] | None = None
+                       ) -> tuple[list[_Item], list[tuple[_Bad, int | None]]]:
         """Rows of `kinds` (None: every kind) newest-first page by page until a short page or
-        one that is `enough` (it is given the whole page); returned oldest first."""
-        pages: list[list[_Item]] = []
+        one that is `enough` (it is given the page's readable rows); returned oldest first.
+
+        Bad entries of `kinds` (or of no readable kind) are returned apart, each with the
+        earliest second any row listed after it can stand for (None: none is), which places
+        it in time: the rows are listed by date."""
+        pages: list[list[_Entry]] = []
         offset = 0
         while True:
             raw = self._list("-t", type_option, "-l", str(self.page_size), "-o", str(offset))
             offset += len(raw)
-            pages.append([i for i in raw if kinds is None or i.row.kind in kinds])
-            if len(raw) < self.page_size or enough(raw):
+            pages.append(raw)
+            if len(raw) < self.page_size or enough(_good(raw)):
                 break
         # Each page is printed oldest first; the pages themselves go back in time.
-        items = [item for page in reversed(pages) for item in page]
-        return _dedupe(sorted(items, key=lambda i: i.lo))
+        listed = [entry for page in reversed(pages) for entry in page]
+        bads: dict[str, tuple[_Bad, int | None]] = {}
+        newer: int | None = None
+        for entry in reversed(listed):
+            if isinstance(entry, _Item):
+                newer = entry.hi if newer is None else min(newer, entry.hi)
+            elif kinds is None or entry.kind is None or entry.kind in kinds:
+                bads[entry.bad.key] = (entry, newer)  # the oldest listing of it wins
+        items = [i for i in _good(listed) if kinds is None or i.row.kind in kinds]
+        return _dedupe(sorted(items, key=lambda i: i.lo)), list(reversed(bads.values()))
 
     # sending -------------------------------------------------------------------------
     def send(self, number: str, text: str) -> None:
@@ -476,13 +614,39 @@ class TermuxPhone(Phone):
         floor = _floor_second(since) if position is None and since is not None else None
         if self.supports_selection:
             try:
-                return self._inbox_by_id(pos, floor)
+                rows, new_pos, bad = self._inbox_by_id(pos, floor)
+                self._set_aside(bad)
+                return rows, new_pos
             except _SelectionIgnored:
                 self._selection_ignored()
-        return self._inbox_by_date(pos, floor)
+        rows, new_pos, bad = self._inbox_by_date(pos, floor)
+        self._set_aside(bad)
+        return rows, new_pos
 
-    def _inbox_by_id(self, pos: _Position | None,
-                     floor: int | None) -> tuple[list[SmsRow], dict[str, Any]]:
+    def take_bad_rows(self) -> list[BadRow]:
+        with self._bad_lock:
+            rows = list(self._bad_rows.values())
+            self._bad_rows.clear()
+        return rows
+
+    def _set_aside(self, bad: list[BadRow]) -> None:
+        with self._bad_lock:
+            for row in bad:
+                if row.key not in self._logged:
+                    # Never the body: only why, and the row's key.
+                    logger.warning("%s listed an inbox row that cannot be read (%s): set aside "
+                                   "as %s", SMS_LIST, row.reason, row.key)
+                    self._logged[row.key] = None
+                    if len(self._logged) > MAX_BAD_ROWS:
+                        del self._logged[next(iter(self._logged))]
+                self._bad_rows.pop(row.key, None)
+                self._bad_rows[row.key] = row
+                if len(self._bad_rows) > MAX_BAD_ROWS:
+                    lost = self._bad_rows.pop(next(iter(self._bad_rows)))
+                    logger.warning("too many unreadable inbox rows waiting: %s dropped", lost.key)
+
+    def _inbox_by_id(self, pos: _Position | None, floor: int | None
+                     ) -> tuple[list[SmsRow], dict[str, Any], list[BadRow]]:
         if pos is None:
             return self._first_inbox_by_id(floor)
 
@@ -502,44 +666,63 @@ class TermuxPhone(Phone):
                 (pos.id is not None and row_id >= pos.id)
                 or (pos.since is not None and item.hi >= pos.since)))
 
-        items = self._pages_by_id("inbox", selection, check)
+        items, bads = self._pages_by_id("inbox", selection, check, (INBOX,))
         new = _new_rows(items, pos.seen)
-        ids = [i.row.row_id for i in items if i.row.row_id is not None]
-        top = max(ids + ([pos.id] if pos.id is not None else []), default=None)
+        # A bad row's `_id` counts: the next read starts at it, not before.
+        top = max(_ids(items) + _ids(bads) + ([pos.id] if pos.id is not None else []),
+                  default=None)
         since = max([i.lo + 1 for i in items] + ([pos.since] if pos.since is not None else []),
                     default=None)
         seen = _count(items, lambda i: i.row.row_id == top or (
             since is not None and i.hi >= since))
-        return new, _Position(top, since, seen).dump()
+        # `top` and `since` only grow, so a bad row not listed now is never listed again:
+        # the keys of the ones listed now are enough to set each aside once.
+        fresh = [b.bad for b in bads if b.bad.key not in pos.bad]
+        return new, _Position(top, since, seen, frozenset(b.bad.key for b in bads)).dump(), fresh
 
-    def _first_inbox_by_id(self, floor: int | None) -> tuple[list[SmsRow], dict[str, Any]]:
+    def _first_inbox_by_id(self, floor: int | None
+                           ) -> tuple[list[SmsRow], dict[str, Any], list[BadRow]]:
         """The first position: after the newest inbox row by `_id` (so a row stored later is
         found whatever its date). Rows that may be dated from `floor` on are new: while a
-        full page holds only such rows, older pages are read too."""
-        items: list[_Item] = []
+        full page holds only such rows, older pages are read too. A bad row is new when it
+        is stored after every row dated before `floor`."""
+        entries: list[_Entry] = []
         low: int | None = None
         while True:
             selection = "type = 1" + ("" if low is None else f" AND _id < {low}")
             page = self._list("-t", "inbox", "-l", str(self.page_size),
                               f"--message-selection={selection}", "--message-sort-order=_id DESC")
-            if any(i.row.row_id is None or i.row.kind != INBOX
-                   or (low is not None and i.row.row_id >= low) for i in page):
-                raise _SelectionIgnored
-            items.extend(page)
-            if len(page) < self.page_size or floor is None or any(i.hi < floor for i in page):
+            for entry in page:
+                if low is not None and entry.row_id is not None and entry.row_id >= low:
+                    raise _SelectionIgnored
+                if isinstance(entry, _Bad):
+                    if entry.kind is not None and entry.kind != INBOX:
+                        raise _SelectionIgnored
+                elif entry.row.row_id is None or entry.row.kind != INBOX:
+                    raise _SelectionIgnored
+            entries.extend(page)
+            if len(page) < self.page_size or floor is None or any(
+                    i.hi < floor for i in _good(page)) or not _ids(page):
                 break
-            low = min(i.row.row_id or 0 for i in page)
+            low = min(_ids(page))
+        items, bads = _good(entries), _unique_bad(entries)
+        top = max(_ids(entries), default=None)
         if not items:
-            return [], _Position(None, None).dump()
-        top = max(i.row.row_id or 0 for i in items)
+            fresh = [b.bad for b in bads] if floor is not None else []
+            return [], _Position(top, None, {}, frozenset(b.bad.key for b in bads)).dump(), fresh
         since = max(i.lo for i in items) + 1
         new = sorted((i for i in items if floor is not None and i.hi >= floor),
                      key=lambda i: i.row.row_id or 0)
-        return [i.row for i in new], _Position(top, since, _count(
-            items, lambda i: i.row.row_id == top or i.hi >= since)).dump()
+        fresh = []
+        if floor is not None:
+            old = max((i.row.row_id or 0 for i in items if i.hi < floor), default=None)
+            fresh = [b.bad for b in bads if old is None or b.row_id is None or b.row_id > old]
+        seen = _count(items, lambda i: i.row.row_id == top or i.hi >= since)
+        return [i.row for i in new], _Position(
+            top, since, seen, frozenset(b.bad.key for b in bads)).dump(), fresh
 
-    def _inbox_by_date(self, pos: _Position | None,
-                       floor: int | None) -> tuple[list[SmsRow], dict[str, Any]]:
+    def _inbox_by_date(self, pos: _Position | None, floor: int | None
+                       ) -> tuple[list[SmsRow], dict[str, Any], list[BadRow]]:
         if pos is None:
             # The rows of the newest second (the first page holds the newest row), and back
             # to `floor`: rows that may be dated from it on are new.
@@ -554,16 +737,20 @@ class TermuxPhone(Phone):
                 bound = newest[0] if floor is None else min(newest[0], floor)
                 return any(i.hi < bound for i in page)
 
-            items = self._pages_by_date("inbox", enough, kinds=(INBOX,))
+            items, bads = self._pages_by_date("inbox", enough, kinds=(INBOX,))
+            fresh = [] if floor is None else [b.bad for b, newer in bads
+                                              if _in_window(newer, floor)]
             if not items:
-                return [], _Position(None, None).dump()
+                return [], _Position(None, None, {}, frozenset(
+                    b.bad.key for b, _ in bads)).dump(), fresh
             since = max(i.lo for i in items)
             new = [i.row for i in items if floor is not None and i.hi >= floor]
-            return new, _Position(None, since, _count(items, lambda i: i.hi >= since)).dump()
+            return new, _Position(None, since, _count(items, lambda i: i.hi >= since), frozenset(
+                b.bad.key for b, newer in bads if _in_window(newer, since))).dump(), fresh
 
         bound = pos.since
         # Filtered on the kind too: before app 0.50 `-t inbox` lists every row.
-        items = self._pages_by_date(
+        items, bads = self._pages_by_date(
             "inbox", lambda page: bound is not None and any(i.hi < bound for i in page),
             kinds=(INBOX,))
         candidates = [i for i in items if bound is None or i.hi >= bound]
@@ -573,23 +760,36 @@ class TermuxPhone(Phone):
         since = max([i.lo for i in candidates] + ([bound] if bound is not None else []),
                     default=None)
         seen = _count(candidates, lambda i: since is None or i.hi >= since)
-        return new, _Position(None, since, seen).dump()
+        # A bad row has no date of its own: the rows listed after it place it. Once a row
+        # dated before `since` is listed after it, it is out of every later window.
+        fresh = [b.bad for b, newer in bads
+                 if _in_window(newer, bound) and b.bad.key not in pos.bad]
+        kept = frozenset(b.bad.key for b, newer in bads if _in_window(newer, since))
+        return new, _Position(None, since, seen, kept).dump(), fresh
 
     # sent and failed rows ------------------------------------------------------------
     def read_outgoing(self, since: datetime) -> list[SmsRow]:
         floor = _floor_second(since)
         if self.supports_selection:
             try:
-                items = self._pages_by_id(
+                items, bads = self._pages_by_id(
                     "all", f"(type = 2 OR type = 5) AND date >= {floor * 1000}",
-                    lambda i: i.row.kind in (SENT, FAILED) and i.hi >= floor)
+                    lambda i: i.row.kind in (SENT, FAILED) and i.hi >= floor, (SENT, FAILED))
+                self._skip(bads)
                 return [i.row for i in sorted(items, key=lambda i: (i.lo, i.row.row_id or 0))]
             except _SelectionIgnored:
                 self._selection_ignored()
         # Never `-t failed`: it lists every message. `-t sent` would miss the failed rows.
-        items = self._pages_by_date("all", lambda page: any(i.hi < floor for i in page),
-                                    kinds=(SENT, FAILED))
+        items, placed = self._pages_by_date("all", lambda page: any(i.hi < floor for i in page),
+                                            kinds=(SENT, FAILED))
+        self._skip([b for b, _ in placed])
         return [i.row for i in items if i.hi >= floor]
+
+    @staticmethod
+    def _skip(bads: list[_Bad]) -> None:
+        for b in bads:
+            logger.debug("%s listed a sent or failed row that cannot be read (%s): skipped",
+                         SMS_LIST, b.bad.reason)
 
     # diagnosis -----------------------------------------------------------------------
     def diagnose(self) -> str | None:

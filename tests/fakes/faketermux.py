@@ -13,6 +13,7 @@ from typing import Any
 from .provider import ENV_DIR, INBOX, LIST_TYPES, Provider
 
 BIN_DIR = Path(__file__).resolve().parent / "bin"
+_WHOLE = object()  # add_raw_row(): print the row's object (with `drop` and `fields` applied)
 
 
 def _ms(at: datetime | None) -> int | None:
@@ -91,6 +92,27 @@ class FakeTermux:
         code = LIST_TYPES[kind] if isinstance(kind, str) else kind
         return self.provider.add_row(code, address, body, _ms(at),
                                      creator="com.termux.api", read=1)
+
+    def add_raw_row(self, address: str = "+254700000000", body: str = "",
+                    at: datetime | None = None, *, kind: str | int = "inbox",
+                    drop: Iterable[str] = (), fields: dict[str, Any] | None = None,
+                    entry: Any = _WHOLE) -> int:
+        """A real row in the provider (dated `at`, of `kind`, so selections, sort orders and
+        pages treat it as any row) that termux-sms-list prints oddly: without the fields in
+        `drop` (e.g. `("received",)`), with `fields` set to these JSON values
+        (`{"received": "yesterday"}`, `{"body": None}`), or as `entry` (any JSON value:
+        `"garbage"`, `None`, `[1]`) in place of the whole object. Returns its `_id`."""
+        code = LIST_TYPES[kind] if isinstance(kind, str) else kind
+        if code == INBOX:
+            row_id = self.provider.add_row(code, address, body, _ms(at))
+        else:
+            row_id = self.provider.add_row(code, address, body, _ms(at),
+                                           creator="com.termux.api", read=1)
+        how: dict[str, Any] = {"drop": list(drop), "fields": dict(fields or {})}
+        if entry is not _WHOLE:
+            how["entry"] = entry
+        self.provider.set_printed(row_id, how)
+        return row_id
 
     def set_type(self, row_id: int, kind: str | int) -> None:
         self.provider.set_type(row_id, LIST_TYPES[kind] if isinstance(kind, str) else kind)

@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -72,7 +73,15 @@ MODES = {
     "notification_access": "0: termux-notification-list hangs",
     "clock": "ISO 8601 time of the phone's clock (naive means UTC); default: real time",
     "clock_offset": "seconds added to the phone's clock",
+    "locale_digits": "the phone's locale prints its own digits in `received` (SimpleDateFormat "
+                     "with the default locale): arabic (٠١٢...), persian (۰۱۲...), devanagari "
+                     "(०१२..., Nepali, Marathi), bengali (০১২...); default ASCII",
 }
+
+# The digit zero of each locale numbering system `locale_digits` can name.
+LOCALE_DIGITS = {"ascii": "0", "latn": "0", "arabic": "\u0660", "arab": "\u0660",
+                 "persian": "\u06f0", "arabext": "\u06f0", "devanagari": "\u0966",
+                 "deva": "\u0966", "bengali": "\u09e6", "beng": "\u09e6"}
 
 SCRIPT_VERSIONS = ("0.58", "0.59")
 APP_VERSIONS = ("0.49", "0.50", "0.51", "0.53")
@@ -94,6 +103,7 @@ CREATE TABLE IF NOT EXISTS sms (
     body TEXT, service_center TEXT, locked INTEGER DEFAULT 0, sub_id INTEGER DEFAULT -1,
     error_code INTEGER DEFAULT 0, creator TEXT, seen INTEGER DEFAULT 0);
 CREATE TABLE IF NOT EXISTS contacts (number TEXT, name TEXT);
+CREATE TABLE IF NOT EXISTS printed (row_id INTEGER PRIMARY KEY, how TEXT);
 CREATE TABLE IF NOT EXISTS notifications (
     id INTEGER PRIMARY KEY, package TEXT, title TEXT, content TEXT, tag TEXT, grp TEXT,
     when_ms INTEGER);
@@ -103,6 +113,21 @@ CREATE TABLE IF NOT EXISTS notifications (
 def java_trim(text: str) -> str:
     """Java's String.trim(): strip every char <= U+0020 at both ends (and nothing else)."""
     return text.strip("".join(chr(c) for c in range(33)))
+
+
+def stored_text(text: str) -> str | bytes:
+    """A text as the fake's SQLite can hold it: a lone surrogate (half an emoji; a Java string
+    can hold one) cannot be UTF-8, so such a text is kept as its surrogatepass bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+    return text
+
+
+def loaded_text(value: Any) -> Any:
+    """The text stored_text() kept."""
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
 
 
 def _digits(number: str | None) -> str:
@@ -244,9 +269,17 @@ class Provider:
         cur = conn.execute(
             "INSERT INTO sms (thread_id, address, date, date_sent, read, status, type, body,"
             " creator, seen) VALUES (?, ?, ?, ?, ?, -1, ?, ?, ?, ?)",
-            (thread, address, date_ms, date_ms if kind == INBOX else 0, read, kind, body,
-             creator, read))
+            (thread, address, date_ms, date_ms if kind == INBOX else 0, read, kind,
+             stored_text(body), creator, read))
         return int(cur.lastrowid or 0)
+
+    def set_printed(self, row_id: int, how: dict[str, Any]) -> None:
+        """Make termux-sms-list print row `row_id` oddly: `how` has `drop` (fields left out),
+        `fields` (fields set to these JSON values) and/or `entry` (printed instead of the
+        whole object)."""
+        with self.db() as conn:
+            conn.execute("INSERT OR REPLACE INTO printed (row_id, how) VALUES (?, ?)",
+                         (row_id, json.dumps(how)))
 
     def set_type(self, row_id: int, kind: int, error_code: int = 0) -> None:
         with self.db() as conn:
@@ -255,13 +288,14 @@ class Provider:
 
     def delete(self, row_id: int) -> bool:
         with self.db() as conn:
+            conn.execute("DELETE FROM printed WHERE row_id = ?", (row_id,))
             return conn.execute("DELETE FROM sms WHERE _id = ?", (row_id,)).rowcount > 0
 
     def rows(self, kind: int | None = None) -> list[dict[str, Any]]:
         with self.db() as conn:
             sql = "SELECT * FROM sms" + ("" if kind is None else " WHERE type = ?")
             found = conn.execute(sql + " ORDER BY _id", () if kind is None else (kind,))
-            return [dict(r) for r in found]
+            return [{**dict(r), "body": loaded_text(r["body"])} for r in found]
 
     def add_contact(self, number: str, name: str) -> None:
         with self.db() as conn:
@@ -295,14 +329,27 @@ def _error(text: str) -> None:
     sys.stderr.buffer.flush()
 
 
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def _print_json(data: Any) -> None:
-    # Termux:API's JsonWriter indents with two spaces and the app adds a newline.
-    _print(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    # Termux:API's JsonWriter indents with two spaces and the app adds a newline. A lone
+    # surrogate (half an emoji) is printed as its \uXXXX escape: it has no UTF-8 form.
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    _print(_LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
 
 
-def _local(ms: int) -> str:
-    # Java's SimpleDateFormat in the phone's zone, truncated to the second.
-    return datetime.fromtimestamp(ms // 1000).strftime("%Y-%m-%d %H:%M:%S")
+def _local(ms: int, digits: Any = None) -> str:
+    # Java's SimpleDateFormat in the phone's zone, truncated to the second, with the digits of
+    # the phone's locale (mode locale_digits).
+    text = datetime.fromtimestamp(ms // 1000).strftime("%Y-%m-%d %H:%M:%S")
+    if digits in (None, "", 0, False):
+        return text
+    zero = LOCALE_DIGITS.get(str(digits).lower())
+    if zero is None:
+        raise SystemExit(f"fake termux: unknown locale_digits {digits!r} "
+                         f"(one of {', '.join(LOCALE_DIGITS)})")
+    return text.translate({ord("0") + k: ord(zero) + k for k in range(10)})
 
 
 def _hang() -> int:
@@ -731,7 +778,10 @@ def sms_inbox_app(p: Provider, extras: dict[str, Any], modes: dict[str, Any],
     try:
         with p.db() as conn:
             found = conn.execute(sql, params).fetchall()
-            items = [_list_item(p, conn, row, app) for row in found]
+            printed = {r[0]: json.loads(r[1])
+                       for r in conn.execute("SELECT row_id, how FROM printed")}
+            items = [_list_item(p, conn, row, app, modes, printed.get(row["_id"]))
+                     for row in found]
     except sqlite3.Error as exc:
         # The query throws inside the app: it is logged there and nothing is answered.
         _error(f"fake termux-api: {exc}\n")
@@ -743,7 +793,8 @@ def sms_inbox_app(p: Provider, extras: dict[str, Any], modes: dict[str, Any],
 
 
 def _list_item(p: Provider, conn: sqlite3.Connection, row: sqlite3.Row,
-               app: tuple[int, ...]) -> dict[str, Any]:
+               app: tuple[int, ...], modes: dict[str, Any],
+               how: dict[str, Any] | None = None) -> Any:
     kind = TYPE_NAMES.get(row["type"], "")
     item: dict[str, Any] = {"threadid": row["thread_id"], "type": kind,
                             "read": bool(row["read"])}
@@ -753,10 +804,16 @@ def _list_item(p: Provider, conn: sqlite3.Connection, row: sqlite3.Row,
     if app >= (0, 51):
         item["address"] = row["address"]
     item["number"] = row["address"]
-    item["received"] = _local(row["date"])
-    item["body"] = row["body"]
+    item["received"] = _local(row["date"], modes.get("locale_digits"))
+    item["body"] = loaded_text(row["body"])
     if app >= (0, 50):
         item["_id"] = row["_id"]
+    if how:  # a row printed oddly (FakeTermux.add_raw_row)
+        if "entry" in how:
+            return how["entry"]
+        for name in how.get("drop", ()):
+            item.pop(name, None)
+        item.update(how.get("fields", {}))
     return item
 
 
@@ -910,8 +967,10 @@ def pm(argv: list[str], modes: dict[str, Any]) -> int:
 def control(p: Provider, argv: list[str]) -> int:
     """`fake-termux`: drive the fake phone from a shell."""
     usage = ("usage: fake-termux mode [--clear] [KEY=VALUE ...] | receive ADDRESS BODY [--at ISO]"
-             " | add TYPE ADDRESS BODY [--at ISO] | rows [TYPE] | calls [--count] [NAME]"
-             " | delete ID | notify PACKAGE TITLE [CONTENT] | contact NUMBER NAME\n")
+             " | add TYPE ADDRESS BODY [--at ISO] | raw TYPE ADDRESS BODY [--at ISO]"
+             " [--drop FIELD]... [--set FIELD=JSON]... [--entry JSON] | rows [TYPE]"
+             " | calls [--count] [NAME] | delete ID | notify PACKAGE TITLE [CONTENT]"
+             " | contact NUMBER NAME\n")
     if not argv:
         sys.stderr.write(usage)
         return 2
@@ -921,6 +980,25 @@ def control(p: Provider, argv: list[str]) -> int:
         k = args.index("--at")
         at = int(parse_iso(args[k + 1]).timestamp() * 1000)
         del args[k:k + 2]
+    how: dict[str, Any] = {}
+    if cmd == "raw":
+        rest: list[str] = []
+        k = 0
+        while k < len(args):
+            if args[k] in ("--drop", "--set", "--entry") and k + 1 < len(args):
+                value = args[k + 1]
+                if args[k] == "--drop":
+                    how.setdefault("drop", []).append(value)
+                elif args[k] == "--set":
+                    name, _, text = value.partition("=")
+                    how.setdefault("fields", {})[name] = json.loads(text)
+                else:
+                    how["entry"] = json.loads(value)
+                k += 2
+            else:
+                rest.append(args[k])
+                k += 1
+        args = rest
     if cmd == "mode":
         clear = "--clear" in args
         changes = {}
@@ -937,6 +1015,12 @@ def control(p: Provider, argv: list[str]) -> int:
     elif cmd == "add" and len(args) == 3:
         kind = int(args[0]) if args[0].isdigit() else LIST_TYPES[args[0]]
         _print(f"{p.add_row(kind, args[1], args[2], at, creator=API_PACKAGE, read=1)}\n")
+    elif cmd == "raw" and len(args) == 3:
+        kind = int(args[0]) if args[0].isdigit() else LIST_TYPES[args[0]]
+        row_id = p.add_row(kind, args[1], args[2], at, creator=API_PACKAGE if kind != INBOX
+                           else "com.android.phone", read=int(kind != INBOX))
+        p.set_printed(row_id, how)
+        _print(f"{row_id}\n")
     elif cmd == "rows":
         kind = None if not args else (int(args[0]) if args[0].isdigit() else LIST_TYPES[args[0]])
         _print_json(p.rows(kind))
