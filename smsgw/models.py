@@ -30,6 +30,17 @@ def printable(value: object) -> str:
 _TEST_CLOCK_OFFSET = timedelta(seconds=float(os.environ.get("SMSGW_TEST_CLOCK_OFFSET") or 0))
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for error texts ("a number", "an array")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "unknown")
+
+
 def utcnow() -> datetime:
     """The real clock: timezone-aware UTC."""
     return datetime.now(timezone.utc) + _TEST_CLOCK_OFFSET

@@ -34,7 +34,7 @@ from urllib3.util.retry import Retry
 from . import __version__
 from .config import redact_url, scrub, split_credentials
 from .errors import WebappError
-from .models import Offered
+from .models import Offered, json_type
 
 logger = logging.getLogger(__name__)
 
@@ -96,21 +96,6 @@ REDIRECT_KEEPS_METHOD = (307, 308)
 
 # --- parsing ---------------------------------------------------------------------------
 
-def _json_type(value: Any) -> str:
-    """The JSON name of a parsed value's type, for error texts."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _load_json(body: bytes) -> Any:
     """json.loads that only ever raises WebappError."""
     try:
@@ -134,7 +119,7 @@ def _string_field(item: dict[str, Any], name: str, missing: str) -> tuple[str | 
     if value is None:
         return None, missing
     if not isinstance(value, str):
-        return None, f"{name} is {_json_type(value)}, not a string"
+        return None, f"{name} is {json_type(value)}, not a string"
     return value, None
 
 
@@ -146,7 +131,7 @@ def _offered(index: int, item: Any) -> Offered | None:
     """
     if not isinstance(item, dict):
         logger.warning("skipped messages[%d] of the webapp's answer: %s, not an object",
-                       index, _json_type(item))
+                       index, json_type(item))
         return None
     raw_id = item.get("id")
     msg_id, problem = _string_field(item, "id", "missing id")
@@ -166,13 +151,13 @@ def parse_response(body: bytes) -> list[Offered]:
         return []
     data = _load_json(body)
     if not isinstance(data, dict):
-        raise WebappError(f"the webapp's answer is {_json_type(data)}, not a JSON object")
+        raise WebappError(f"the webapp's answer is {json_type(data)}, not a JSON object")
     messages = data.get("messages")
     if messages is None:
         return []
     if not isinstance(messages, list):
         raise WebappError(
-            f'the webapp\'s answer has "messages" as {_json_type(messages)}, '
+            f'the webapp\'s answer has "messages" as {json_type(messages)}, '
             "not an array or null"
         )
     return [o for o in (_offered(i, item) for i, item in enumerate(messages)) if o is not None]

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from ..errors import PhoneError, PhoneTimeout
+from ..models import json_type
 from .base import FAILED, INBOX, SENT, BadRow, Phone, SmsRow, normalize_number
 
 logger = logging.getLogger(__name__)
@@ -279,16 +280,6 @@ class _Unreadable(Exception):
     """Why a listed entry is not a readable row."""
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "unknown")
-
-
 def _int_field(entry: Any, name: str) -> int | None:
     value = entry.get(name) if isinstance(entry, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -302,12 +293,12 @@ def _kind_field(entry: Any) -> str | None:
 def _parse_row(entry: Any) -> _Item:
     """One listed entry as a row; raises _Unreadable (never with the body's text)."""
     if not isinstance(entry, dict):
-        raise _Unreadable(f"the entry is {_json_type(entry)}, not an object")
+        raise _Unreadable(f"the entry is {json_type(entry)}, not an object")
     if "received" not in entry:
         raise _Unreadable("no `received` date")
     received = entry["received"]
     if not isinstance(received, str):
-        raise _Unreadable(f"`received` is {_json_type(received)}, not a text")
+        raise _Unreadable(f"`received` is {json_type(received)}, not a text")
     try:
         date, hi = _to_utc(received)
     except (ValueError, OverflowError, OSError):
@@ -316,7 +307,7 @@ def _parse_row(entry: Any) -> _Item:
         raise _Unreadable("no `body`")
     body = entry["body"]
     if not isinstance(body, str):
-        raise _Unreadable(f"`body` is {_json_type(body)}, not a text")
+        raise _Unreadable(f"`body` is {json_type(body)}, not a text")
     address = entry.get("address")
     if address is None:
         address = entry.get("number")  # Termux:API before 0.51
