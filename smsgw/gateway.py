@@ -418,8 +418,7 @@ class Gateway:
         """Learn SENT or failed tries from the phone's rows; give up on unknown outcomes."""
         now = self.clock()
         with self.store.unit(now) as u:
-            handoffs = [p.handoff or now for m in u.awaiting_phone() for p in m.parts
-                        if p.state in _AWAITING_PARTS]
+            handoffs = [at or now for at in u.awaiting_handoffs()]
         report.awaiting = len(handoffs)
         if not handoffs:
             return

@@ -197,6 +197,12 @@ class Unit:
         return [self._msg(i) for i in self._select(
             lambda d: any(p["state"] in _AWAITING for p in d.get("parts", [])))]
 
+    def awaiting_handoffs(self) -> list[datetime | None]:
+        """When each part awaiting the phone's record was handed over (None: unknown),
+        read without parsing a record (the reconcile step asks it every cycle)."""
+        return [from_iso(p.get("handoff")) for i in self._select(lambda d: True)
+                for p in self._view(i).get("parts", []) if p["state"] in _AWAITING]
+
     def finished(self) -> list[Outgoing]:
         """SENT, DELIVERED and FAILED messages, ready for the archive."""
         return [self._msg(i) for i in self._select(lambda d: d["state"] in _FINISHED)]
