@@ -39,8 +39,9 @@ class StateCache:
     """The parsed state file of one Store, kept while the file's inode, size and times are
     unchanged (every write replaces the file, so another process's write is always seen).
 
-    It pays: a cycle runs several units of work, and each would parse the whole file again
-    (see bench/bench_store.py, "cycle store work"). TinyDB changes the parsed data in place,
+    It pays: a cycle runs several units of work, and each would parse the whole file again.
+    bench/bench_store.py without it: an empty-store cycle 0.82 ms (0.53 with), 1,000 active
+    messages 35.7 ms backlog / 88.7 ms awaiting the phone (19.3 / 27.3 with). TinyDB changes the parsed data in place,
     so the Store drops it when a unit of work fails (`forget`).
     """
 
