@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -51,21 +50,6 @@ def mode(request, fake):
     fake.add_row("sent", "+254799999999", "setup", at=T0 - timedelta(days=1))
     return request.param
 
-
-@pytest.fixture
-def local_tz():
-    old = os.environ.get("TZ")
-
-    def set_tz(value: str) -> None:
-        os.environ["TZ"] = value
-        time.tzset()
-
-    yield set_tz
-    if old is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
 
 
 def bodies(rows):

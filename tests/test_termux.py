@@ -31,22 +31,6 @@ T0 = datetime(2026, 3, 10, 9, 15, 42, 654000, tzinfo=timezone.utc)
 PROBE = "--message-selection=_id < 0"
 
 
-@pytest.fixture
-def local_tz():
-    """Set the process's (and the fake phone's) time zone; restored afterwards."""
-    old = os.environ.get("TZ")
-
-    def set_tz(value: str) -> None:
-        os.environ["TZ"] = value
-        time.tzset()
-
-    yield set_tz
-    if old is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
-
 
 @pytest.fixture
 def fake(fake_termux):

@@ -41,8 +41,8 @@ class StateCache:
 
     It pays: a cycle runs several units of work, and each would parse the whole file again.
     bench/bench_store.py without it: an empty-store cycle 0.82 ms (0.53 with), 1,000 active
-    messages 35.7 ms backlog / 88.7 ms awaiting the phone (19.3 / 27.3 with). TinyDB changes the parsed data in place,
-    so the Store drops it when a unit of work fails (`forget`).
+    messages 35.7 ms backlog / 88.7 ms awaiting the phone (19.3 / 27.3 with). TinyDB changes
+    the parsed data in place, so the Store drops it when a unit of work fails (`forget`).
     """
 
     def __init__(self) -> None:
