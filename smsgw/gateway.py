@@ -18,6 +18,7 @@ from . import retry, segment
 from .config import Settings
 from .errors import PhoneError, StateError, WebappError
 from .models import (
+    AWAITING_PARTS,
     RATE_WINDOW,
     Clock,
     InState,
@@ -92,7 +93,6 @@ class CycleReport:
         return not self.errors and (self.remaining > 0 or self.new > 0)
 
 
-_AWAITING_PARTS = (PartState.SENDING, PartState.PENDING)
 
 
 @dataclass
@@ -443,7 +443,7 @@ class Gateway:
             candidates = self._index_rows(rows)
             touched: dict[str, Outgoing] = {}
             parts = [(m, i, p) for m in u.awaiting_phone() for i, p in enumerate(m.parts)
-                     if p.state in _AWAITING_PARTS]
+                     if p.state in AWAITING_PARTS]
             parts.sort(key=lambda t: (t[2].handoff or now, t[0].seq, t[1]))
             for msg, _, part in parts:
                 index = self._match(msg, part, rows, candidates, consumed)
@@ -492,7 +492,7 @@ class Gateway:
 
     def _settle(self, u: Unit, msg: Outgoing, cause: str, report: CycleReport) -> None:
         states = [p.state for p in msg.parts]
-        if any(s in (PartState.SENDING, PartState.PENDING) for s in states):
+        if any(s in AWAITING_PARTS for s in states):
             return  # wait for every part before deciding
         if all(s is PartState.SENT for s in states):
             u.transition(msg, OutState.SENT)

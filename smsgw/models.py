@@ -123,6 +123,11 @@ def check_move(table: dict[Any, frozenset[Any]], old: Any, new: Any, what: str) 
         raise InternalError(f"illegal move of {what} from {old.value} to {new.value}")
 
 
+# Parts handed over (or maybe) whose phone row is not seen yet. Members of a str Enum
+# compare and hash as their values, so this also tests the stored strings.
+AWAITING_PARTS = frozenset({PartState.SENDING, PartState.PENDING})
+
+
 class InState(str, Enum):
     """States of an SMS the phone received."""
 

@@ -18,6 +18,8 @@ from tinydb.table import Document
 
 from ..errors import StateError
 from ..models import (
+    AWAITING_PARTS,
+    FINISHED_STATES,
     OUT_MOVES,
     REPORT_RANK,
     REPORTED_STATES,
@@ -26,7 +28,6 @@ from ..models import (
     InState,
     Outgoing,
     OutState,
-    PartState,
     PhoneProblem,
     RateLog,
     Ref,
@@ -40,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 50
 FAILURES_KEPT = 10
-_AWAITING = frozenset({PartState.SENDING.value, PartState.PENDING.value})
-_FINISHED = frozenset({OutState.SENT.value, OutState.DELIVERED.value, OutState.FAILED.value})
 
 
 class Unit:
@@ -195,17 +194,17 @@ class Unit:
     def awaiting_phone(self) -> list[Outgoing]:
         """Messages with a part handed over (or maybe) whose phone row is not seen yet."""
         return [self._msg(i) for i in self._select(
-            lambda d: any(p["state"] in _AWAITING for p in d.get("parts", [])))]
+            lambda d: any(p["state"] in AWAITING_PARTS for p in d.get("parts", [])))]
 
     def awaiting_handoffs(self) -> list[datetime | None]:
         """When each part awaiting the phone's record was handed over (None: unknown),
         read without parsing a record (the reconcile step asks it every cycle)."""
         return [from_iso(p.get("handoff")) for i in self._select(lambda d: True)
-                for p in self._view(i).get("parts", []) if p["state"] in _AWAITING]
+                for p in self._view(i).get("parts", []) if p["state"] in AWAITING_PARTS]
 
     def finished(self) -> list[Outgoing]:
         """SENT, DELIVERED and FAILED messages, ready for the archive."""
-        return [self._msg(i) for i in self._select(lambda d: d["state"] in _FINISHED)]
+        return [self._msg(i) for i in self._select(lambda d: d["state"] in FINISHED_STATES)]
 
     def next_retry(self) -> datetime | None:
         """The earliest time a waiting retry is due."""
