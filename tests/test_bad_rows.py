@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
+from fakes import script
 
 from smsgw.phone import termux
 from smsgw.phone.base import INBOX, SENT, BadRow, SmsRow, number_digits
@@ -55,14 +54,6 @@ def mode(request, fake):
 def bodies(rows):
     return [r.body for r in rows]
 
-
-def script(tmp_path: Path, monkeypatch, name: str, body: str) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    path = bin_dir / name
-    path.write_text("#!/bin/sh\n" + body + "\n")
-    path.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 # the row key and BadRow ------------------------------------------------------------------

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from fakes import script
 
 from smsgw.errors import PhoneError, PhoneTimeout
 from smsgw.phone.base import FAILED, INBOX, SENT, InvalidNumber
@@ -52,15 +52,6 @@ def mode(request, fake):
     fake.set_mode(**MODES[request.param])
     return request.param
 
-
-def script(tmp_path: Path, monkeypatch, name: str, body: str) -> None:
-    """A one-off executable `name` first on PATH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    path = bin_dir / name
-    path.write_text("#!/bin/sh\n" + body + "\n")
-    path.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def live_group_members(pgid: int) -> list[int]:

@@ -144,3 +144,13 @@ class FakeTermux:
     def reset_calls(self) -> None:
         with self.provider.locked():
             self.provider.calls_path.unlink(missing_ok=True)
+
+
+def script(tmp_path, monkeypatch, name: str, body: str) -> None:
+    """A one-off executable `name` (a sh script of `body`) first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

@@ -31,3 +31,4 @@ def local_tz():
     else:
         os.environ["TZ"] = old
     time.tzset()
+
