@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,10 +27,8 @@ def test_sigterm_cuts_a_stuck_exchange_at_once(tmp_path: Path,
     try:
         wait_for(lambda: any(e["fault"] == "timeout" for e in webapp.snapshot()["raw"]),
                  30, "the POST to hang")
-        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        stopped_in = time.monotonic() - started
+        code = proc.wait(timeout=60)  # a hang guard only
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
@@ -39,7 +36,9 @@ def test_sigterm_cuts_a_stuck_exchange_at_once(tmp_path: Path,
     assert code == 0, text
     assert "stopping after the current step" in text
     assert "Traceback" not in text
-    assert stopped_in < 20, f"took {stopped_in:.1f} s (the read timeout is 30 s)"
+    # Cut by the stop, not ended by the 30 s read timeout:
+    assert "exchange failed: stopped" in text, text
+    assert "did not answer within" not in text
     # Nothing was lost: the next run posts what was queued and the webapp answers.
     webapp.clear_faults()
     msg_id = webapp.queue("+254700000001", "after the stop")
