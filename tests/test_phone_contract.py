@@ -10,6 +10,7 @@ import json
 import os
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from fakes import FakeTermux
@@ -22,28 +23,34 @@ START = datetime(2026, 3, 10, 9, 15, 42, 654321, tzinfo=timezone.utc)
 
 
 class SimulatedAdapter:
-    def __init__(self) -> None:
+    """The simulated phone in memory or, with `file`, in a file: then the world acts on it
+    through a second SimulatedPhone over the same file, as `smsgw simulate` does from
+    another process while the daemon runs."""
+
+    def __init__(self, file: Path | None = None) -> None:
         self.now = START
-        self.phone: Phone = SimulatedPhone(clock=lambda: self.now)
+        self.phone: Phone = SimulatedPhone(clock=lambda: self.now, file=file)
+        self.world = (self.phone if file is None
+                      else SimulatedPhone(clock=lambda: self.now, file=file))
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
 
     def receive(self, address: str, body: str) -> None:
-        self.phone.receive(address, body)
+        self.world.receive(address, body)
 
     def receive_unreadable(self, address: str, body: str) -> None:
-        self.phone.receive_raw({"type": "inbox", "address": address, "body": body},
+        self.world.receive_raw({"type": "inbox", "address": address, "body": body},
                                "no `received` date")
 
     def fail_next_sends(self, count: int) -> None:
-        self.phone.fail_next_sends(count)
+        self.world.fail_next_sends(count)
 
     def handed_over(self) -> int:
         return len(self.phone.sends)
 
     def radio_off(self) -> None:
-        self.phone.radio_off = True
+        self.world.radio_off = True
 
 
 class TermuxAdapter:
@@ -89,10 +96,13 @@ TERMUX_PAIRS = {
 }
 
 
-@pytest.fixture(params=["simulated", *TERMUX_PAIRS])
+@pytest.fixture(params=["simulated", "simulated-file", *TERMUX_PAIRS])
 def adapter(request, tmp_path, monkeypatch):
     if request.param == "simulated":
         yield SimulatedAdapter()
+        return
+    if request.param == "simulated-file":
+        yield SimulatedAdapter(tmp_path / "simulated-phone.json")
         return
     # The phone's local time is not UTC: `received` must still come out right.
     old_tz = os.environ.get("TZ")
