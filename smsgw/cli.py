@@ -339,12 +339,17 @@ def hook(c: Ctx) -> None:
 
 
 # run -----------------------------------------------------------------------------
-def build_phone(kind: str, settings: Settings) -> Any:
-    """The phone for `smsgw run`: Termux:API by default."""
+def build_phone(kind: str, settings: Settings, state_dir: Any = None) -> Any:
+    """The phone for `smsgw run`: Termux:API by default. The simulated phone keeps its SMS
+    in `state_dir` (in memory without it), so it survives restarts like a phone."""
     if kind == "simulated":
         from .phone.simulated import SimulatedPhone
 
-        return SimulatedPhone()
+        if state_dir is None:
+            return SimulatedPhone()
+        from .simulation import phone_file
+
+        return SimulatedPhone(file=phone_file(state_dir))
     from .phone.termux import TermuxPhone, termux_api_installed
 
     if not termux_api_installed():
@@ -376,7 +381,8 @@ def run(c: Ctx, phone_kind: str, url: str | None, once: bool, interval: int | No
     if not c.settings.url:
         raise UserError("no webapp URL: run `smsgw config --url URL` or pass --url")
     setup_logging(c.paths, c.debug, console=True, url=c.settings.url)
-    sys.exit(actions.run(c.paths, c.settings, c.store(), build_phone(phone_kind, c.settings),
+    sys.exit(actions.run(c.paths, c.settings, c.store(),
+                         build_phone(phone_kind, c.settings, c.paths.state_dir),
                          once=once, max_cycles=max_cycles))
 
 
@@ -414,6 +420,59 @@ def testserver(host: str, port: int, user: str | None, password: str | None,
     from .testserver import serve
 
     serve(host, port, username=user, password=password, flavour=flavour)
+
+
+# simulate ------------------------------------------------------------------------
+@cli.group()
+def simulate() -> None:
+    """Act on the simulated phone of `smsgw run --phone simulated` (no phone needed).
+
+    Its SMS live in the state folder (simulated-phone.json), so these commands work while
+    the daemon runs, and the phone keeps its SMS across restarts.
+    """
+
+
+@simulate.command("receive")
+@click.argument("sender", metavar="FROM")
+@click.argument("text")
+@pass_ctx
+def simulate_receive(c: Ctx, sender: str, text: str) -> None:
+    """An SMS from FROM arrives on the simulated phone (the daemon is woken to forward it)."""
+    from .simulation import receive
+
+    _print(receive(c.paths, sender, text))
+
+
+@simulate.command("fail-next")
+@click.argument("count", default=1, type=click.IntRange(0, 10000))
+@pass_ctx
+def simulate_fail_next(c: Ctx, count: int) -> None:
+    """The next COUNT sends (default 1; 0 cancels) fail as Android records it: a failed row."""
+    from .simulation import fail_next
+
+    _print(fail_next(c.paths, count))
+
+
+@simulate.command("radio")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@pass_ctx
+def simulate_radio(c: Ctx, state: str) -> None:
+    """Turn the simulated phone's radio off (every send fails, as without service) or on."""
+    from .simulation import radio
+
+    _print(radio(c.paths, state == "on"))
+
+
+@simulate.command("show")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100000),
+              help="Show the newest N rows.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def simulate_show(c: Ctx, limit: int, as_json: bool) -> None:
+    """The simulated phone's SMS rows (received, sent, failed), newest last."""
+    from .simulation import show
+
+    _print(show(c.paths, limit, as_json))
 
 
 # doctor --------------------------------------------------------------------------
