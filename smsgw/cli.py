@@ -409,6 +409,9 @@ def testserver(host: str, port: int, user: str | None, password: str | None,
                flavour: str) -> None:
     """Serve the reference webapp (server side of the protocol) for trials and tests.
 
+    The endpoint to configure is printed first (http://127.0.0.1:8585/smsgateway/ by
+    default; /api/sms for cht). Try it with `smsgw run --phone simulated`.
+
     \b
     Flavours:
       reference  strict protocol checks; offers each message until it gets a status
@@ -416,6 +419,26 @@ def testserver(host: str, port: int, user: str | None, password: str | None,
                  an answer, statuses applied in order (a state can go backwards)
       php        multiOTP SMSGateway: control characters raw in its JSON answers, each
                  message handed over once, `{}` when nothing is queued
+
+    \b
+    Control API, beside the endpoint (JSON; no auth, so it answers 127.0.0.1 only):
+      POST   /api/queue        {"to": NUMBER, "content": TEXT, "id": optional}: queue a
+                               message for the gateway to send; answers {"id": ...}
+      GET    /api/state        what the gateway posted: "received" (incoming SMS),
+                               "updates", and each "queued" message with its "statuses"
+      POST   /api/faults       {"kind": "status", "count": 1, "status": 500}: the next
+                               POSTs misbehave (kinds: status, html, slow, timeout,
+                               reset, malformed, wrong_types, bad_entry, huge, gzip_bomb,
+                               redirect_loop)
+      DELETE /api/faults       drop the faults not served yet
+      POST   /api/offer_again  {"id": ID}: offer a message again
+      POST   /api/reset        forget every message, record and fault
+
+    \b
+    Queue a message, then read what the gateway posted:
+      curl -s -X POST http://127.0.0.1:8585/api/queue \\
+           -d '{"to": "+15550002222", "content": "hello from the webapp"}'
+      curl -s http://127.0.0.1:8585/api/state
     """
     from .testserver import serve
 

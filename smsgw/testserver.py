@@ -113,7 +113,13 @@ Control API, beside the endpoint, for a separate process driving a `smsgw testse
 flavour, and per queued message its cht state or php file); `POST /api/faults`
 {kind, count, ...params}; `DELETE /api/faults` clears them; `POST /api/offer_again` {id};
 `POST /api/reset`. It has no auth, so it answers only clients on the loopback interface
-(403 otherwise), even when the server listens wider.
+(403 otherwise), even when the server listens wider. Bodies are JSON objects, whatever the
+Content-Type. E.g. queue a message, then read what the gateway posted (`received`, `updates`,
+each queued message's `statuses`):
+
+    curl -s -X POST http://127.0.0.1:8585/api/queue \\
+         -d '{"to": "+15550002222", "content": "hello from the webapp"}'
+    curl -s http://127.0.0.1:8585/api/state
 """
 from __future__ import annotations
 
