@@ -71,7 +71,10 @@ def radio(paths: Paths, on: bool) -> Outcome:
 def show(paths: Paths, limit: int, as_json: bool) -> Outcome:
     """`smsgw simulate show`: the simulated phone's rows, newest last."""
     file = phone_file(paths.state_dir)
-    view = SimulatedPhone(file=file).view() if file.exists() else None
+    view = None
+    if file.exists():
+        paths.ensure()  # refuses a state folder of another user or open to others
+        view = SimulatedPhone(file=file).view()
     rows = view.rows if view else []
     shown = rows[-limit:] if limit else []
     if as_json:

@@ -154,7 +154,8 @@ class SimulatedPhone(Phone):
             rows = [_Row.from_json(r) for r in data["rows"]]
             fail_next, radio_off = int(data.get("fail_next", 0)), bool(data.get("radio_off"))
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise StateError(f"the simulated phone's file {self.file} is damaged ({exc}): "
+            why = f"no {exc} field" if isinstance(exc, KeyError) else str(exc)
+            raise StateError(f"the simulated phone's file {self.file} is damaged ({why}): "
                              "move it away to start with an empty phone") from None
         self._rows, self._fail_next, self._radio_off, self._seen = (
             rows, fail_next, radio_off, text)
