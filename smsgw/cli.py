@@ -363,7 +363,9 @@ def build_phone(kind: str, settings: Settings, state_dir: Any = None) -> Any:
 
 @cli.command()
 @click.option("--phone", "phone_kind", type=click.Choice(["termux", "simulated"]),
-              default="termux", show_default=True)
+              default="termux", show_default=True,
+              help="termux: the phone, through Termux:API. simulated: a phone kept in the "
+                   "state folder, for trying smsgw anywhere; drive it with `smsgw simulate`.")
 @click.option("--url", help="Webapp URL for this run (overrides the settings).")
 @click.option("--once", is_flag=True, help="Run one full cycle and exit.")
 @click.option("--interval", type=int, help="Seconds between polls, for this run.")
