@@ -268,7 +268,7 @@ class Gateway:
         that the POST is exactly the protocol's."""
         if not self.settings.report_health:
             return {}
-        from .health import health_object
+        from .health_report import health_object
 
         return {"health": health_object(self.store.health(now), now=now,
                                         uptime_s=self.monotonic() - self._born,

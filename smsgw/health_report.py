@@ -19,8 +19,9 @@ def health_object(figures: QueueHealth, *, now: datetime, uptime_s: float,
                   battery: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The `"smsgw"` object of a POST body.
 
-    `battery` is the phone's last battery reading, `{"percentage": int, "plugged": ...}`,
-    or None when there is none (then `"battery": null`).
+    `battery` is the phone's last battery reading, `{"percentage": 81, "plugged":
+    "PLUGGED_AC"}` (termux-battery-status's words), or None when there is none (then
+    `"battery": null`).
     """
     oldest = figures.oldest_queued
     return {
