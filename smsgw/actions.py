@@ -227,8 +227,9 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
     if d.get("heartbeat"):
         last = d["heartbeat"]["last"]
         said = "no ping yet" if last is None else (
-            f"{last['kind']} ping at {fmt_time(last['at'], now)}: "
-            + ("delivered" if last["ok"] else f"FAILED, {printable(last['result'])}"))
+            f"{'/fail' if last['kind'] == 'fail' else 'healthy'} ping at "
+            f"{fmt_time(last['at'], now)}: "
+            + ("delivered" if last["ok"] else f"NOT DELIVERED ({printable(last['result'])})"))
         lines.append(f"heartbeat:     {d['heartbeat']['url']}, {said}")
     if d["last_failures"]:
         lines.append("recent failures:")

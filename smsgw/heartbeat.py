@@ -101,6 +101,7 @@ class Heartbeat:
 
     def _ping(self, good: bool, generation: int) -> None:
         kind = "ok" if good else "fail"
+        what = "healthy" if good else "/fail"
         try:
             ok, text = self.get(self.url if good else fail_url(self.url))
         except Exception as exc:  # noqa: BLE001 - a bug of ours: logged whole, never fatal
@@ -114,11 +115,11 @@ class Heartbeat:
                 if self._failing:
                     logger.info("heartbeat: pings reach %s again", self.shown)
                 self._failing = False
-                logger.debug("heartbeat: %s ping to %s: %s", kind, self.shown, text)
+                logger.debug("heartbeat: %s ping to %s: %s", what, self.shown, text)
             else:
                 if not self._failing:
-                    logger.warning("heartbeat: the %s ping to %s failed: %s (not logged "
-                                   "again until a ping gets through)", kind, self.shown, text)
+                    logger.warning("heartbeat: a %s ping to %s failed: %s (not logged "
+                                   "again until a ping gets through)", what, self.shown, text)
                 self._failing = True
             self._save(kind, ok, text)
 

@@ -185,8 +185,8 @@ def test_healthy_pings_are_rate_limited(smsgw: SmsgwRunner, webapp: ReferenceWeb
         assert set(target.seen()) == {HEALTHY}
         # several cycles for each ping, never one ping per cycle
         assert posts(webapp) > len(target.seen())
-        status = status_saying(smsgw, "delivered")
-        assert "heartbeat:" in status and "ok ping at" in status
+        status = status_saying(smsgw, ": delivered")
+        assert "heartbeat:" in status and "healthy ping at" in status
         data = json.loads(smsgw("status", "--json").stdout)
         assert data["heartbeat"]["last"]["ok"] is True
         assert data["heartbeat"]["last"]["result"] == "HTTP 200"
@@ -202,8 +202,8 @@ def test_unhealthy_cycles_ping_fail_then_recovery_pings_at_once(
     with smsgw.daemon("--phone", "simulated", "--interval", "1", out=tmp_path / "d.out"):
         wait_for(lambda: target.seen(), 30, "the first ping")
         assert target.seen()[0] == FAILING
-        status = status_saying(smsgw, "fail ping")
-        assert "delivered" in status
+        status = status_saying(smsgw, "/fail ping")
+        assert ": delivered" in status
         webapp.clear_faults()
         assert smsgw("hook").returncode == 0
         # The change back to healthy is signalled at once, not 5 minutes later.
@@ -233,7 +233,8 @@ def test_a_hanging_ping_never_delays_the_cycles(smsgw: SmsgwRunner, webapp: Refe
             return text if "no answer within" in text else None
 
         log = wait_for(log_says, 60, "the ping's failure in the log")
-        assert log.count("heartbeat: the ok ping to") == 1
+        assert log.count("heartbeat: a healthy ping to") == 1
+        assert "NOT DELIVERED (no answer within 10 s)" in status_saying(smsgw, "NOT DELIVERED")
         assert proc.poll() is None
     finally:
         proc.terminate()
