@@ -176,7 +176,8 @@ _FLAG_OPTIONS = {"cdma": "cdma_mode", "cdma_prefix": "cdma_prefix",
               help="Cycle at once when a messaging app posts a notification.")
 @click.option("--ping-url", metavar="URL",
               help="GET this URL after healthy cycles, URL/fail after unhealthy ones (a "
-                   "healthchecks.io-style heartbeat), or 'none'.")
+                   "healthchecks.io-style heartbeat); '-' reads it from standard input; "
+                   "'none' turns it off.")
 @click.option("--ping-every", metavar="DURATION",
               help="Healthy heartbeat pings at most this often (default 5m).")
 @click.option("--report-health/--no-report-health", default=None,
@@ -194,6 +195,12 @@ def config(c: Ctx, url: str | None, url_file: str | None, no_check: bool,
 
     if url is not None and url_file is not None:
         raise click.UsageError("give --url or --url-file, not both")
+    if options["ping_url"] == "-":  # the token stays out of ps and the shell history
+        if url == "-":
+            raise click.UsageError("only one of --url and --ping-url can read standard input")
+        options["ping_url"] = read_url_argument(
+            "-", sys.stdin, sys.stdin.isatty(), lambda text: click.prompt(text, hide_input=True),
+            option="--ping-url", what="heartbeat URL")
     if url_file is not None:
         url = read_url_file(url_file)
     elif url is not None:

@@ -753,16 +753,18 @@ MAX_URL_FILE = 64 * 1024
 
 
 def read_url_argument(value: str, stdin: TextIO, tty: bool,
-                      prompt: Callable[[str], str]) -> str:
-    """The text of `--url VALUE`: VALUE itself, or for '-' one line read from standard input
-    (on a terminal through `prompt`, which must hide the input). Not yet validated."""
+                      prompt: Callable[[str], str], option: str = "--url",
+                      what: str = "webapp URL") -> str:
+    """The text of `--url VALUE` (or of `option`): VALUE itself, or for '-' one line read
+    from standard input (on a terminal through `prompt`, which must hide the input). Not
+    yet validated."""
     if value != "-":
         return value
-    text = prompt("webapp URL (input hidden)") if tty else stdin.readline(MAX_URL_FILE)
+    text = prompt(f"{what} (input hidden)") if tty else stdin.readline(MAX_URL_FILE)
     text = (text or "").strip()
     if not text:
-        raise UserError("--url - reads the webapp URL from standard input, and it gave none "
-                        "(e.g. printf '%s\\n' \"$URL\" | smsgw config --url -)")
+        raise UserError(f"{option} - reads the {what} from standard input, and it gave none "
+                        f"(e.g. printf '%s\\n' \"$URL\" | smsgw config {option} -)")
     return text
 
 

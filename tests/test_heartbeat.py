@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from fakes import FakeTermux
-from runner import SmsgwRunner, wait_for
+from runner import REPO, SmsgwRunner, wait_for
 
 from smsgw import __version__
 from smsgw.gateway import CycleReport
@@ -164,6 +164,14 @@ def test_config_shows_the_ping_url_without_its_token_and_refuses_bad_ones(
         assert len(lines) == 1 and lines[0].startswith("smsgw: error: --ping-url"), proc.stderr
         assert TOKEN not in proc.stderr and "Traceback" not in proc.stderr
     assert smsgw("config", "--ping-every", "5").returncode != 0  # below 10 s
+
+    # '-': the URL from standard input, out of ps and the shell history
+    piped = subprocess.run([*smsgw.argv, "config", "--ping-url", "-"], input=f"{target.url}\n",
+                           env=smsgw.environ(), cwd=REPO, capture_output=True, text=True,
+                           timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert_no_secret(piped.stdout, piped.stderr)
+    assert json.loads(smsgw.config_file.read_text(encoding="utf-8"))["ping_url"] == target.url
 
     off = configure(smsgw, "--ping-url", "none", "--no-report-health")
     assert json.loads(smsgw.config_file.read_text(encoding="utf-8"))["ping_url"] is None
