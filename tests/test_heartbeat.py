@@ -221,6 +221,23 @@ def test_unhealthy_cycles_ping_fail_then_recovery_pings_at_once(
     assert_no_secret(smsgw.log_file.read_text(encoding="utf-8"))
 
 
+def test_a_phone_error_pings_fail_and_run_once_waits_for_its_ping(
+        tmp_path: Path, fake_termux: FakeTermux, webapp: ReferenceWebapp, url: str,
+        target: PingTarget) -> None:
+    smsgw = SmsgwRunner(tmp_path, {k: v for k, v in fake_termux.env.items()
+                                   if k in ("PATH", "FAKE_TERMUX_DIR")})
+    configure(smsgw, "--url", url, "--ping-url", target.url)
+    fake_termux.set_mode(permission_error=1)  # the inbox cannot be read
+    proc = smsgw("run", "--once")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert posts(webapp) == 1  # the webapp was fine: the phone made the cycle unhealthy
+    assert target.seen() == [FAILING]  # sent before the process ended
+    fake_termux.set_mode(permission_error="")
+    assert smsgw("run", "--once").returncode == 0
+    assert target.seen() == [FAILING, HEALTHY]
+    assert_no_secret(smsgw.log_file.read_text(encoding="utf-8"))
+
+
 def test_a_hanging_ping_never_delays_the_cycles(smsgw: SmsgwRunner, webapp: ReferenceWebapp,
                                                 url: str, target: PingTarget,
                                                 tmp_path: Path) -> None:
