@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .config import Paths, Settings, redact_url, scrub
+from .config import Paths, Settings, redact_ping_url, redact_url, scrub
 from .errors import ExitCode, UserError
 from .models import printable
 
@@ -51,7 +51,8 @@ _OPTION_OF = {"url": "--url", "interval": "--interval", "sim_slot": "--sim-slot"
               "max_parts": "--max-parts", "exchange_deadline": "--exchange-deadline",
               "allow_redirects_to": "--allow-redirects-to", "cdma_mode": "--cdma",
               "cdma_prefix": "--cdma-prefix", "compress_requests": "--compress-requests",
-              "notification_watch": "--notification-watch"}
+              "notification_watch": "--notification-watch", "ping_url": "--ping-url",
+              "ping_every": "--ping-every", "report_health": "--report-health"}
 
 
 def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
@@ -107,6 +108,7 @@ def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
                               "start smsgw run)")
     shown: dict[str, Any] = new.to_dict()
     shown["url"] = redact_url(new.url)
+    shown["ping_url"] = redact_ping_url(new.ping_url)
     start = store.forward_since(now)
     shown["forward_since"] = fmt_time(start) if start else None
     if os.environ.get("SMSGW_URL"):
@@ -172,6 +174,11 @@ def status(paths: Paths, settings: Settings, store: Store, now: datetime,
                  "max_parts_per_minute": settings.max_parts_per_minute},
         "clock_jump": summary["clock_jump"],
     }
+    if settings.ping_url:
+        from .heartbeat import last_ping
+
+        data["heartbeat"] = {"url": redact_ping_url(settings.ping_url),
+                             "last": last_ping(paths.data_dir)}
     text = json.dumps(data, indent=2) if as_json else _status_text(data, now)
     return Outcome(out=[scrub(text, settings.url)], code=code, data=data)
 
@@ -217,6 +224,13 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
         j = d["clock_jump"]
         lines.append(f"clock:         jumped {'ahead' if j['seconds'] > 0 else 'back'} by "
                      f"{abs(j['seconds'])} s at {fmt_time(j['at'], now)}")
+    if d.get("heartbeat"):
+        last = d["heartbeat"]["last"]
+        said = "no ping yet" if last is None else (
+            f"{'/fail' if last['kind'] == 'fail' else 'healthy'} ping at "
+            f"{fmt_time(last['at'], now)}: "
+            + ("delivered" if last["ok"] else f"NOT DELIVERED ({printable(last['result'])})"))
+        lines.append(f"heartbeat:     {d['heartbeat']['url']}, {said}")
     if d["last_failures"]:
         lines.append("recent failures:")
         for f in d["last_failures"][-5:]:
@@ -289,6 +303,9 @@ def run(paths: Paths, settings: Settings, store: Store, phone: Any, *, once: boo
                           allow_redirects_to=_hosts(settings.allow_redirects_to))
     gateway = Gateway(store, webapp, phone, settings)
     daemon = Daemon(gateway, paths, settings.interval, max_cycles=1 if once else max_cycles)
+    heartbeat, pinger = _heartbeat(paths, settings)
+    if heartbeat is not None:
+        daemon.heartbeat = heartbeat.after_cycle
     if settings.notification_watch and phone.name == "termux":
         from .watcher import NotificationWatcher
 
@@ -299,10 +316,29 @@ def run(paths: Paths, settings: Settings, store: Store, phone: Any, *, once: boo
             u.watcher = None
     try:
         code = daemon.run()
+        if once and heartbeat is not None:
+            heartbeat.join()  # the process ends next: let its ping finish
     finally:
         webapp.close()
+        if pinger is not None:
+            pinger.close()
     report = daemon.last_report
     if once and (report is None or report.errors or report.internal_errors):
         failing = report is not None and any(e.startswith("exchange") for e in report.errors)
         code = ExitCode.WEBAPP_FAILING if failing else ExitCode.ERROR
     return int(code)
+
+
+def _heartbeat(paths: Paths, settings: Settings) -> tuple[Any, Any]:
+    """(Heartbeat, Pinger) for the ping URL, or (None, None) without one."""
+    if not settings.ping_url:
+        return None, None
+    from .heartbeat import PING_TIMEOUT, RECORD_NAME, Heartbeat
+    from .webapp import Pinger
+
+    pinger = Pinger(settings.ping_url, timeout=PING_TIMEOUT)
+    heartbeat = Heartbeat(settings.ping_url, settings.ping_every, pinger.get,
+                          record=paths.data_dir / RECORD_NAME)
+    logger.info("heartbeat pings to %s, at most every %ds while healthy", heartbeat.shown,
+                settings.ping_every)
+    return heartbeat, pinger

@@ -138,10 +138,12 @@ _SETTING_OPTIONS = {
     "ttl": "message_ttl", "ca_bundle": "ca_bundle", "confirm_timeout": "confirm_timeout",
     "max_parts": "max_parts", "exchange_deadline": "exchange_deadline",
     "allow_redirects_to": "allow_redirects_to",
+    "ping_url": "ping_url", "ping_every": "ping_every",
 }
 _FLAG_OPTIONS = {"cdma": "cdma_mode", "cdma_prefix": "cdma_prefix",
                  "compress_requests": "compress_requests",
-                 "notification_watch": "notification_watch"}
+                 "notification_watch": "notification_watch",
+                 "report_health": "report_health"}
 
 
 @cli.command()
@@ -172,6 +174,14 @@ _FLAG_OPTIONS = {"cdma": "cdma_mode", "cdma_prefix": "cdma_prefix",
               help="Hosts (comma-separated) the webapp may redirect to, or 'none'.")
 @click.option("--notification-watch/--no-notification-watch", default=None,
               help="Cycle at once when a messaging app posts a notification.")
+@click.option("--ping-url", metavar="URL",
+              help="GET this URL after healthy cycles, URL/fail after unhealthy ones (a "
+                   "healthchecks.io-style heartbeat); '-' reads it from standard input; "
+                   "'none' turns it off.")
+@click.option("--ping-every", metavar="DURATION",
+              help="Healthy heartbeat pings at most this often (default 5m).")
+@click.option("--report-health/--no-report-health", default=None,
+              help="Add an \"smsgw\" health object to each POST to the webapp.")
 @click.option("--forward-since", metavar="WHEN",
               help="Forward incoming SMS received from WHEN on: 'now', or a local date and "
                    "time such as 2026-11-30T08:00 (default: when the URL was first set).")
@@ -185,6 +195,12 @@ def config(c: Ctx, url: str | None, url_file: str | None, no_check: bool,
 
     if url is not None and url_file is not None:
         raise click.UsageError("give --url or --url-file, not both")
+    if options["ping_url"] == "-":  # the token stays out of ps and the shell history
+        if url == "-":
+            raise click.UsageError("only one of --url and --ping-url can read standard input")
+        options["ping_url"] = read_url_argument(
+            "-", sys.stdin, sys.stdin.isatty(), lambda text: click.prompt(text, hide_input=True),
+            option="--ping-url", what="heartbeat URL")
     if url_file is not None:
         url = read_url_file(url_file)
     elif url is not None:

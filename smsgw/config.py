@@ -51,6 +51,9 @@ class Settings:
     max_parts: int = 10  # SMS parts one message may take; more is refused as too long
     exchange_deadline: float = 120.0  # seconds an exchange with the webapp may take in all
     allow_redirects_to: str | None = None  # hosts (comma-separated) the webapp may redirect to
+    ping_url: str | None = None  # a monitoring service's heartbeat URL (token in its path)
+    ping_every: int = 300  # seconds between healthy heartbeat pings at most
+    report_health: bool = False  # add the "smsgw" health object to each POST
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config.json") -> Settings:
@@ -83,6 +86,7 @@ class Spec:
     unit: str = ""
     is_url: bool = False
     what: str = "a file path"  # what a text setting holds
+    check: Callable[[str], str] | None = None  # checks a text value (UserError), no secrets
 
     def describe(self, for_option: bool = False) -> str:
         """What a valid value is, e.g. 'a whole number from 5 to 86400, or null'; with
@@ -129,6 +133,10 @@ SPECS: dict[str, Spec] = {
     "exchange_deadline": Spec(float, 5, 3600, option="--exchange-deadline", unit="seconds"),
     "allow_redirects_to": Spec(str, nullable=True, option="--allow-redirects-to",
                                null_words=("", "none"), what="host names, comma-separated"),
+    "ping_url": Spec(str, nullable=True, option="--ping-url", null_words=("", "none"),
+                     what="an http:// or https:// URL", check=lambda u: validate_ping_url(u)),
+    "ping_every": Spec(int, 10, DAY, option="--ping-every", unit="seconds"),
+    "report_health": Spec(bool, option="--report-health/--no-report-health"),
 }
 
 
@@ -195,6 +203,11 @@ def validate_setting(name: str, value: Any, source: str) -> Any:
             problem = scrub(str(exc), checked)
             raise _setting_error(name, source,
                                  f"is not a usable webapp URL: {problem}") from None
+    if spec.check is not None:
+        try:
+            return spec.check(checked)
+        except UserError as exc:
+            raise _setting_error(name, source, f"is not usable: {exc}") from None
     return checked
 
 
@@ -482,6 +495,41 @@ def validate_url(url: str) -> str:
     return url
 
 
+def validate_ping_url(url: str) -> str:
+    """Check a heartbeat URL (http or https, a host); the message never shows the URL."""
+    url = url.strip()
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise UserError("the URL contains spaces or control characters; percent-encode them")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        raise UserError("not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise UserError("the URL must start with http:// or https://")
+    if not parts.hostname or not re.fullmatch(r"[\w.-]+|[0-9a-f:.]+", parts.hostname):
+        raise UserError("the URL has no valid host name")
+    return url
+
+
+def redact_ping_url(url: str | None) -> str | None:
+    """A heartbeat URL for display: scheme and host only, since services such as
+    healthchecks.io put the secret token in the path (`https://hc-ping.com/***`)."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return "<invalid URL>"
+    if not host:
+        return "<invalid URL>"
+    host = f"[{host}]" if ":" in host else host
+    host += f":{port}" if port is not None else ""
+    return f"{parts.scheme}://{host}/***"
+
+
 _USER_CUT = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^@/?#]*[/?#][^@]*:[^@]*@[^@/?#]+(?:[/?#].*)?$",
                        re.S)
 _USERINFO = re.compile(
@@ -705,16 +753,18 @@ MAX_URL_FILE = 64 * 1024
 
 
 def read_url_argument(value: str, stdin: TextIO, tty: bool,
-                      prompt: Callable[[str], str]) -> str:
-    """The text of `--url VALUE`: VALUE itself, or for '-' one line read from standard input
-    (on a terminal through `prompt`, which must hide the input). Not yet validated."""
+                      prompt: Callable[[str], str], option: str = "--url",
+                      what: str = "webapp URL") -> str:
+    """The text of `--url VALUE` (or of `option`): VALUE itself, or for '-' one line read
+    from standard input (on a terminal through `prompt`, which must hide the input). Not
+    yet validated."""
     if value != "-":
         return value
-    text = prompt("webapp URL (input hidden)") if tty else stdin.readline(MAX_URL_FILE)
+    text = prompt(f"{what} (input hidden)") if tty else stdin.readline(MAX_URL_FILE)
     text = (text or "").strip()
     if not text:
-        raise UserError("--url - reads the webapp URL from standard input, and it gave none "
-                        "(e.g. printf '%s\\n' \"$URL\" | smsgw config --url -)")
+        raise UserError(f"{option} - reads the {what} from standard input, and it gave none "
+                        f"(e.g. printf '%s\\n' \"$URL\" | smsgw config {option} -)")
     return text
 
 

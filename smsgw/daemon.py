@@ -126,6 +126,7 @@ class Daemon:
         self._failures = 0
         self._immediate = 0
         self.last_report: CycleReport | None = None
+        self.heartbeat: Callable[[CycleReport | None], None] | None = None  # after each cycle
 
     # signals ----------------------------------------------------------------
     # Handlers only set plain flags and write a byte to a pipe: no locks, no logging,
@@ -233,6 +234,8 @@ class Daemon:
         report = self._guard(self.gateway.cycle)
         self.last_report = report
         self.cycles += 1
+        if self.heartbeat is not None:  # returns at once: the ping runs in a thread
+            self._guard(lambda: self.heartbeat(report))  # type: ignore[misc]
         # The interval runs from the start of a cycle, so an SMS waits at most one interval
         # (plus the cycle that picks it up), however long the phone took to answer.
         delay = self._next_delay(report)

@@ -62,8 +62,8 @@ def _span(seconds: float) -> str:
 
 
 class WebappClient(Protocol):
-    def exchange(self, messages: list[dict[str, Any]],
-                 updates: list[dict[str, Any]]) -> list[Offered]: ...
+    def exchange(self, messages: list[dict[str, Any]], updates: list[dict[str, Any]],
+                 health: dict[str, Any] | None = None) -> list[Offered]: ...
 
 
 @dataclass
@@ -154,6 +154,9 @@ class Gateway:
         self._sent: list[tuple[float, int]] = []
         self._last_tick: tuple[datetime, float] | None = None
         self.stopping = False
+        self._born = self.monotonic()  # for the health report's uptime
+        # The phone's last battery reading for the health report, or None.
+        self.battery: Callable[[], dict[str, Any] | None] = lambda: None
 
     def stop(self) -> None:
         """Stop at the next safe point: cut an exchange in progress (what it carried stays
@@ -239,6 +242,7 @@ class Gateway:
                 offered = self.webapp.exchange(
                     [m.to_protocol() for m in batch.incoming],
                     [u.to_protocol() for u in batch.updates],
+                    **self._health(now),
                 )
             except WebappError as exc:
                 self.store.record_exchange_error(now, str(exc), exc.status, exc.message)
@@ -258,6 +262,17 @@ class Gateway:
             if not (result.new or result.remaining):
                 return
         logger.info("exchange stopped after %d POSTs; the rest goes next cycle", MAX_ROUNDS)
+
+    def _health(self, now: datetime) -> dict[str, Any]:
+        """The exchange's `health` argument with --report-health; nothing without it, so
+        that the POST is exactly the protocol's."""
+        if not self.settings.report_health:
+            return {}
+        from .health_report import health_object
+
+        return {"health": health_object(self.store.health(now), now=now,
+                                        uptime_s=self.monotonic() - self._born,
+                                        battery=self.battery())}
 
     # 4. send --------------------------------------------------------------
     def _too_long(self, msg: Offered) -> str | None:

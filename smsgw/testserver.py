@@ -585,6 +585,7 @@ class ReferenceWebapp:
         self._updates: list[dict[str, Any]] = []
         self._statuses: dict[str, list[str]] = {}
         self._raw: list[dict[str, Any]] = []
+        self._raw_bodies: list[bytes] = []  # every POST body as its bytes arrived
         self._violations: list[dict[str, Any]] = []
         self._problems: list[str] = []
         self._counters = dict.fromkeys(
@@ -656,6 +657,12 @@ class ReferenceWebapp:
         """
         with self._lock:
             return copy.deepcopy(self._received)
+
+    def raw_bodies(self) -> list[bytes]:
+        """Every POST body on the endpoint exactly as it arrived (still gzipped if it
+        was), in order; faulted POSTs included."""
+        with self._lock:
+            return list(self._raw_bodies)
 
     def updates(self) -> list[dict[str, Any]]:
         """Every status update received, duplicates included, in order."""
@@ -1454,6 +1461,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fault = app._next_fault()
         with app._lock:
+            app._raw_bodies.append(raw)
             entry["fault"] = fault.kind if fault else None
             entry["body"] = _best_effort_json(raw, self.headers.get("Content-Encoding"))
         if fault is not None and fault.kind not in ("slow", "bad_entry"):

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -32,7 +32,7 @@ from requests.auth import HTTPBasicAuth
 from urllib3.util.retry import Retry
 
 from . import __version__
-from .config import redact_url, scrub, split_credentials
+from .config import redact_url, scrub, split_credentials, url_secrets
 from .errors import WebappError
 from .models import Offered, json_type
 
@@ -582,10 +582,17 @@ class WebappClient:
             raise error from None
         logger.debug("handshake ok: HTTP %d", answer.status)
 
-    def exchange(self, messages: list[dict[str, Any]],
-                 updates: list[dict[str, Any]]) -> list[Offered]:
-        """POST incoming SMS and status updates; return the messages the webapp offers."""
-        body = self._encode({"messages": messages, "updates": updates})
+    def exchange(self, messages: list[dict[str, Any]], updates: list[dict[str, Any]],
+                 health: dict[str, Any] | None = None) -> list[Offered]:
+        """POST incoming SMS and status updates; return the messages the webapp offers.
+
+        `health`, when given, goes as one extra top-level field, "smsgw" (the protocol
+        lets either side add fields); without it the body is exactly the protocol's.
+        """
+        payload: dict[str, Any] = {"messages": messages, "updates": updates}
+        if health is not None:
+            payload["smsgw"] = health
+        body = self._encode(payload)
         headers: dict[str, str] = {}
         if self._compress:
             body = gzip.compress(body)
@@ -887,3 +894,98 @@ class WebappClient:
         if has(requests.exceptions.InvalidHeader):
             return f"the webapp at {where} answered with an invalid header: {leaf}"
         return f"error talking to the webapp at {where}: {type(_leaf(exc)).__name__}: {leaf}"
+
+
+# --- heartbeat pings -------------------------------------------------------------------
+
+def ping_secrets(url: str) -> list[str]:
+    """What a heartbeat URL may hide, longest first: the webapp URL's kinds of secrets
+    plus its path and each path segment (raw and decoded), where monitoring services put
+    their token."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return [url]
+    found = set(url_secrets(url))
+    for piece in [path.strip("/"), *path.split("/")]:
+        found.update(s for s in (piece, unquote(piece)) if len(s) >= 3)
+    return sorted(found, key=len, reverse=True)
+
+
+class Pinger:
+    """GETs heartbeat URLs (a monitoring service's), one at a time, each cut at `timeout`.
+
+    Made for a background thread: `get` blocks up to `timeout` seconds in all (connect,
+    headers, a little of the body), never follows redirects and never raises for what
+    the network or the service does; its texts hold no secret of the URL.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 10.0, ca_bundle: str | None = None) -> None:
+        self._url = url
+        self._secrets = ping_secrets(url)
+        self._timeout = timeout
+        self._verify: bool | str = ca_bundle or True
+        session = requests.Session()
+        session.headers["User-Agent"] = (
+            f"smsgw/{__version__} {requests.utils.default_user_agent()}")
+        adapter = _Adapter(max_retries=Retry(total=0, connect=0, read=False, redirect=0,
+                                             status=0, other=0, raise_on_status=False))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        self._session = session
+        with _clients_lock:
+            _clients.add(self)  # type: ignore[arg-type]  # urllib3's lines are scrubbed too
+
+    def scrub(self, text: str) -> str:
+        """The text without the URL's secrets (token in the path, password, query)."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return scrub(text, self._url)
+
+    def get(self, url: str) -> tuple[bool, str]:
+        """GET `url` (the ping URL or a variant of it): (True, "HTTP 200") for a 2xx,
+        else (False, what happened in words, without secrets)."""
+        exchange = _Exchange(self._timeout)
+        outer = _exchange_in_progress()
+        _local.exchange = exchange
+        watchdog = threading.Timer(self._timeout, exchange.end, args=(_DEADLINE,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            try:
+                response = self._session.get(
+                    url, timeout=(self._timeout, self._timeout), allow_redirects=False,
+                    stream=True, verify=self._verify)
+                with response:
+                    with contextlib.suppress(*NETWORK_ERRORS, _Ended):
+                        for _ in response.iter_content(1024):  # let the service finish
+                            exchange.check()
+                            break
+                    status = response.status_code
+            except _Ended:
+                return False, f"no answer within {self._timeout:g} s"
+            except (*NETWORK_ERRORS, OSError) as exc:
+                if exchange.over():
+                    return False, f"no answer within {self._timeout:g} s"
+                leaf = _leaf(exc)
+                if any(isinstance(e, ConnectionRefusedError) for e in _causes(exc)):
+                    return False, "connection refused"
+                if any(isinstance(e, (_NameResolutionError, socket.gaierror))
+                       for e in _causes(exc)):
+                    return False, "cannot resolve the host"
+                words = " ".join(str(leaf).split())[:SNIPPET_LENGTH]
+                return False, self.scrub(f"{type(leaf).__name__}: {words}")
+        finally:
+            watchdog.cancel()
+            _local.exchange = outer
+            if exchange.ended is not None:
+                self._session.close()
+        if 200 <= status < 300:
+            return True, f"HTTP {status}"
+        return False, f"answered HTTP {status}"
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._session.close()
+        with _clients_lock:
+            _clients.discard(self)  # type: ignore[arg-type]

@@ -78,14 +78,16 @@ def test_bounds_are_the_documented_ones() -> None:
         "message_ttl": (60, 30 * DAY), "confirm_timeout": (5, 7 * DAY),
         "send_timeout": (1, 600), "list_timeout": (1, 600), "connect_timeout": (1, 600),
         "read_timeout": (1, 600), "retention_days": (1, 3650), "max_parts": (1, 100),
-        "exchange_deadline": (5, 3600),
+        "exchange_deadline": (5, 3600), "ping_every": (10, DAY),
     }
     for name, (low, high) in expected.items():
         assert (SPECS[name].minimum, SPECS[name].maximum) == (low, high), name
     assert {n for n, s in SPECS.items() if s.nullable} == {"url", "sim_slot", "message_ttl",
-                                                          "ca_bundle", "allow_redirects_to"}
+                                                          "ca_bundle", "allow_redirects_to",
+                                                          "ping_url"}
     assert {n for n, s in SPECS.items() if s.kind is bool} == {
-        "cdma_mode", "cdma_prefix", "compress_requests", "notification_watch"}
+        "cdma_mode", "cdma_prefix", "compress_requests", "notification_watch",
+        "report_health"}
 
 
 # --- load_settings refuses a bad file, without touching it ---------------------------------------
@@ -105,6 +107,8 @@ BAD_VALUES = [
     ("cdma_mode", 1), ("cdma_mode", "yes"), ("cdma_prefix", None), ("compress_requests", 0),
     ("notification_watch", "false"),
     ("ca_bundle", 5), ("ca_bundle", True),
+    ("ping_url", 5), ("ping_url", "ftp://example.org/ping"), ("ping_url", "example.org/ping"),
+    ("ping_every", 9), ("ping_every", DAY + 1), ("report_health", "yes"),
 ]
 
 

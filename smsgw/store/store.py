@@ -57,7 +57,7 @@ from .storage import (
 from .unit import Unit
 
 if TYPE_CHECKING:
-    from .views import Listing
+    from .views import Listing, QueueHealth
 
 logger = logging.getLogger(__name__)
 
@@ -517,6 +517,12 @@ class Store:
         from .views import summary
 
         return summary(self, now)
+
+    def health(self, now: datetime) -> QueueHealth:
+        """The queue figures of the health report (see views.health)."""
+        from .views import health
+
+        return health(self, now)
 
     def messages(self, now: datetime, limit: int, state: str | None = None) -> Listing:
         """Messages for `smsgw messages` (see views.listing)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from tinydb import TinyDB
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 50
 FAILURES_KEPT = 10
+FAILED_HOURS = 24  # hours of FAILED counts kept for the health report
 
 
 class Unit:
@@ -253,12 +254,36 @@ class Unit:
         del msg.history[:-HISTORY_LIMIT]
         if state in REPORTED_STATES and not msg.local:
             self._report(msg, state, reason)
+        if state in (OutState.SENT, OutState.FAILED):
+            self._count_finished(state)
         if state is OutState.FAILED:
             failures = [f for f in self._get("last_failures", []) if f["id"] != msg.id]
             failures.append({"id": msg.id, "to": msg.to, "reason": reason,
                              "at": to_iso(self.now)})
             self._set("last_failures", failures[-FAILURES_KEPT:])
         self.touch(msg)
+
+    def _count_finished(self, state: OutState) -> None:
+        """Keep the time of the last SENT and FAILED counts by the hour (24 kept), for the
+        health report: finished messages leave for the archive, too costly to count."""
+        if state is OutState.SENT:
+            self._set("last_sent", to_iso(self.now))
+            return
+        hour = self.now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H")
+        counts = dict(self._get("failed_hours", {}))
+        counts[hour] = counts.get(hour, 0) + 1
+        self._set("failed_hours", dict(sorted(counts.items())[-FAILED_HOURS:]))
+
+    @property
+    def last_sent(self) -> datetime | None:
+        """When a message last became SENT (owner: transitions)."""
+        return from_iso(self._get("last_sent"))
+
+    def failed_last_day(self) -> int:
+        """Messages that became FAILED in this hour and the 23 before."""
+        since = (self.now.astimezone(timezone.utc) - timedelta(hours=FAILED_HOURS - 1)
+                 ).strftime("%Y-%m-%dT%H")
+        return sum(n for hour, n in self._get("failed_hours", {}).items() if hour >= since)
 
     # updates for the webapp ---------------------------------------------------------
     def _report(self, msg: Outgoing, state: OutState, reason: str | None) -> None:

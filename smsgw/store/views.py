@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..models import Incoming, InState, Outgoing, OutState, to_iso
+from ..models import FINISHED_STATES, Incoming, InState, Outgoing, OutState, to_iso
 
 if TYPE_CHECKING:
     from .store import Store
@@ -88,3 +88,29 @@ def listing(store: Store, now: datetime, limit: int, state: str | None = None) -
         every_in = [m for m in every_in if m.state.value == state]
     return Listing(every_out[-limit:], every_in[-limit:],
                    max(0, len(every_out) - limit), max(0, len(every_in) - limit))
+
+
+@dataclass
+class QueueHealth:
+    """The queue figures of the health report (`smsgw config --report-health`)."""
+
+    queued: int  # outgoing messages not finished
+    oldest_queued: datetime | None  # when the oldest UNSENT one arrived
+    last_sent: datetime | None  # when a message last became SENT
+    failed_24h: int  # became FAILED in this hour and the 23 before
+    phone_error: str | None  # the last phone problem, until the phone answers again
+
+
+def health(store: Store, now: datetime) -> QueueHealth:
+    """The queue figures of the health report, from the state alone."""
+    with store.unit(now) as u:
+        out = u.outgoing()
+        unsent = [m.created for m in out if m.state is OutState.UNSENT]
+        phone = u.phone_problem
+        return QueueHealth(
+            queued=sum(1 for m in out if m.state not in FINISHED_STATES),
+            oldest_queued=min(unsent) if unsent else None,
+            last_sent=u.last_sent,
+            failed_24h=u.failed_last_day(),
+            phone_error=None if phone is None else phone.text,
+        )

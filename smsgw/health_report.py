@@ -1,0 +1,43 @@
+"""The health object a POST carries with `smsgw config --report-health`.
+
+One function builds it, so that every source of a figure is wired in one place. Pure: it
+knows no store, phone or network; the gateway gives it what they said.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .store.views import QueueHealth
+
+def health_object(figures: QueueHealth, *, now: datetime, uptime_s: float,
+                  battery: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `"smsgw"` object of a POST body.
+
+    `battery` is the phone's last battery reading, `{"percentage": 81, "plugged":
+    "PLUGGED_AC"}` (termux-battery-status's words), or None when there is none (then
+    `"battery": null`).
+    """
+    oldest = figures.oldest_queued
+    return {
+        "version": __version__,
+        "uptime_s": max(0, int(uptime_s)),
+        "queued": figures.queued,
+        "oldest_queued_s": None if oldest is None else max(0, int((now - oldest)
+                                                                  .total_seconds())),
+        "last_sent": None if figures.last_sent is None else _iso_utc(figures.last_sent),
+        "failed_24h": figures.failed_24h,
+        "battery": None if battery is None else {"percentage": battery.get("percentage"),
+                                                 "plugged": battery.get("plugged")},
+        "phone_error": figures.phone_error,
+    }
+
+
+def _iso_utc(dt: datetime) -> str:
+    """2026-03-02T09:00:00Z"""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
