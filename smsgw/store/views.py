@@ -117,6 +117,8 @@ def listing(store: Store, now: datetime, limit: int, state: str | None = None,
                 old_out.append(msg)
         elif kind == "in" and only.direction != "out":
             old_in.append(Incoming.from_dict(rec))
+    old_out.reverse()  # oldest first: messages of the same time stay in archive order
+    old_in.reverse()
     every_out = [m for m in sorted(old_out, key=lambda m: m.created) + out
                  if only.keeps(m.id, m.state.value, m.to, m.created)]
     every_in = [m for m in sorted(old_in, key=lambda m: m.stored) + incoming
