@@ -17,6 +17,7 @@ from fakes import FakeTermux
 from runner import TIMEOUT, SmsgwRunner, wait_for
 
 from smsgw.errors import ExitCode
+from smsgw.models import Ref
 from smsgw.testserver import ReferenceWebapp
 
 pytest_plugins = ["fakes.fixtures"]
@@ -320,3 +321,28 @@ def test_completion_of_ids_and_states(smsgw: Smsgw, fake_termux: FakeTermux,
                                                       ("plain", local)]
     smsgw.state_file.write_text("{damaged", encoding="utf-8")
     assert smsgw.complete("cancel", "") == []
+
+
+def test_archive_prefix_lookups_with_ids_json_escapes(tmp_path: Path) -> None:
+    """Ids JSON writes escaped (non-ASCII, quotes, backslashes) are found whole, by prefix,
+    and by the quick reader completion uses."""
+    from smsgw.store import Store
+
+    store = Store(tmp_path / "state")
+    now = datetime.now(timezone.utc)
+    ids = ["é-1", 'q"1', "back\\slash", "plain-1", "plain-2"]
+    store.archive.append(now, [("out", {"id": i, "state": "FAILED", "content": f"text {i}"})
+                               for i in ids])
+    store.archive.append(now, [("in", {"id": "in-1", "from_": "+1", "state": "FORWARDED"})])
+    for i in ids:
+        assert [r["id"] for r in store.archive.matching("out", i)] == [i]
+        assert [r["id"] for r in store.archive.matching("out", i[:2])] == (
+            ["plain-1", "plain-2"] if i.startswith("plain") else [i])
+    assert store.archive.matching("in", "in") == [{"id": "in-1", "from_": "+1",
+                                                   "state": "FORWARDED"}]
+    states = store.archive.id_states()
+    assert states == {**{("out", i): "FAILED" for i in ids}, ("in", "in-1"): "FORWARDED"}
+    assert store.archive.id_states("é") == {("out", "é-1"): "FAILED"}
+    store.archive.revive(now, Ref("plain-2"))
+    assert [r["id"] for r in store.archive.matching("out", "plain")] == ["plain-1"]
+    assert ("out", "plain-2") not in store.archive.id_states("plain")
