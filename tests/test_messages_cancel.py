@@ -276,9 +276,10 @@ def test_unique_prefixes_ambiguous_and_unknown(smsgw: Smsgw, fake_termux: FakeTe
     assert proc.returncode == ExitCode.NOT_FOUND
     assert proc.stderr == ("abc: ambiguous id prefix, matches 2 messages: abc-111, abc-222; "
                            "give more of the id\n")
-    proc = smsgw("retry", "nothing-like-it")
-    assert proc.returncode == ExitCode.NOT_FOUND
-    assert "nothing-like-it: no such message" in proc.stderr
+    for command in ("retry", "cancel"):
+        proc = smsgw(command, "nothing-like-it")
+        assert proc.returncode == ExitCode.NOT_FOUND
+        assert proc.stderr == "nothing-like-it: no such message (see smsgw messages)\n"
 
     proc = smsgw("retry", "abd", "abc-2")  # unique prefixes of archived messages
     assert proc.returncode == 0, proc.stderr
