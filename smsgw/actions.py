@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from .config import Paths, Settings, redact_ping_url, redact_url, scrub
@@ -267,15 +267,170 @@ def retry(paths: Paths, store: Store, ids: list[str], all_failed: bool,
     p = printable
     result = Outcome(out=[f"{p(i)}: queued again" for i in res.retried])
     result.err += [f"{p(i)}: no such message (see smsgw messages)" for i in res.not_found]
+    result.err += [_ambiguous(text, ids) for text, ids in res.ambiguous]
     result.err += [f"{p(i)}: is {state}, not FAILED; nothing to retry"
                    for i, state in res.wrong_state]
     if all_failed and not res.retried:
         result.out.append("no FAILED message to retry")
     if res.retried and wake(paths) is None:
         result.err.append("no daemon is running: they are sent by the next `smsgw run`")
-    result.code = (ExitCode.NOT_FOUND if res.not_found else
+    result.code = (ExitCode.NOT_FOUND if res.not_found or res.ambiguous else
                    ExitCode.WRONG_STATE if res.wrong_state else ExitCode.OK)
     return result
+
+
+def _ambiguous(text: str, ids: list[str], shown: int = 10) -> str:
+    """One line for an id prefix that names several messages, with the candidates."""
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return (f"{printable(text)}: ambiguous id prefix, matches {len(ids)} messages: "
+            f"{', '.join(printable(i) for i in ids[:shown])}{more}; give more of the id")
+
+
+_WHY_NOT_CANCELLED = {
+    "SENDING": "already handed to the phone; it cannot be called back",
+    "PENDING": "already handed to the phone; it cannot be called back",
+    "SENT": "already sent; nothing to cancel",
+    "DELIVERED": "already sent; nothing to cancel",
+    "FAILED": "already finished; nothing to cancel",
+}
+
+
+def cancel(paths: Paths, store: Store, ids: list[str], now: datetime) -> Outcome:
+    """FAIL messages not yet handed to the phone with the reason `cancelled`, and wake the
+    daemon so the webapp hears it soon; exit 5 for an unknown or ambiguous id, 6 for a
+    message that cannot be cancelled (nothing is changed for those)."""
+    from .daemon import wake
+
+    res = store.cancel(ids, now)
+    p = printable
+    result = Outcome()
+    for msg_id, local, gone, total in res.cancelled:
+        told = "a local message, never posted" if local else "the webapp hears FAILED"
+        sent = f"; {gone} of its {total} parts had already gone out" if gone else ""
+        result.out.append(f"{p(msg_id)}: cancelled ({told}){sent}")
+    result.err += [f"{p(i)}: no such message (see smsgw messages)" for i in res.not_found]
+    result.err += [_ambiguous(text, found) for text, found in res.ambiguous]
+    result.err += [f"{p(i)}: is {state}: {_WHY_NOT_CANCELLED.get(state, 'cannot be cancelled')}"
+                   for i, state in res.wrong_state]
+    if res.cancelled and wake(paths) is None and any(not c[1] for c in res.cancelled):
+        result.err.append("no daemon is running: the webapp hears it at the next `smsgw run`")
+    result.code = (ExitCode.NOT_FOUND if res.not_found or res.ambiguous else
+                   ExitCode.WRONG_STATE if res.wrong_state else ExitCode.OK)
+    return result
+
+
+# messages ----------------------------------------------------------------------------------
+class BadOption(UserError):
+    """A value of an option the command cannot use (exit 2, as click's usage errors)."""
+
+    exit_code = ExitCode.USAGE
+
+
+def valid_states() -> list[str]:
+    """Every state a message can be in, outgoing then incoming."""
+    from .models import InState, OutState
+
+    return [s.value for s in OutState] + [s.value for s in InState]
+
+
+def _when(text: str, option: str, now: datetime) -> datetime:
+    """A duration back from now (2h, 30m, 7d) or a date and time."""
+    import re
+
+    from .config import parse_duration, parse_when
+
+    try:
+        if re.fullmatch(r"\s*\d+\s*[smhdSMHD]?\s*", text):
+            return now - timedelta(seconds=parse_duration(text))
+        return parse_when(text, now)
+    except UserError as exc:
+        raise BadOption(f"{option}: {exc}") from None
+
+
+def messages(store: Store, now: datetime, *, limit: int, states: tuple[str, ...] = (),
+             number: str | None = None, direction: str | None = None,
+             since: str | None = None, until: str | None = None,
+             id_prefix: str | None = None, full: bool = False,
+             as_json: bool = False) -> Outcome:
+    """`smsgw messages`: the filters are checked, then applied before the limit."""
+    import json
+
+    from .store import MessageFilter
+
+    known = valid_states()
+    wanted = {s.strip().upper() for s in states}
+    bad = [s for s in states if s.strip().upper() not in known]
+    if bad:
+        raise BadOption(f"unknown state {', '.join(repr(b) for b in bad)} for --state; "
+                        f"valid states: {', '.join(known)}")
+    if number is not None and not number.strip():
+        raise BadOption("--number: give a number (or its last digits) or a sender name")
+    only = MessageFilter(states=frozenset(wanted), number=number, direction=direction,
+                         since=_when(since, "--since", now) if since else None,
+                         until=_when(until, "--until", now) if until else None,
+                         id_prefix=id_prefix)
+    listing = store.messages(now, limit, only=only)
+    out, incoming = listing.outgoing, listing.incoming
+    if as_json:
+        data = {"from_webapp": [m.to_dict() for m in out],
+                "to_webapp": [m.to_dict() for m in incoming],
+                "more_from_webapp": listing.more_outgoing,
+                "more_to_webapp": listing.more_incoming}
+        return Outcome(out=[json.dumps(data, indent=2)], data=data)
+    p = printable
+    lines: list[str] = []
+    if direction != "in":
+        lines.append(f"From webapp ({len(out)}):")
+        for m in out:
+            reason = f" ({p(m.reason)})" if m.reason else ""
+            local = "  (local, smsgw send)" if m.local else ""
+            lines.append(f"  {p(m.id)}  to {p(m.to)}  {m.state.value}{reason}  "
+                         f"retries {m.retries}{local}")
+            if full:
+                history = " → ".join(f"{h.state} {fmt_time(h.at)}" for h in m.history)
+            else:
+                history = " → ".join(h.state for h in m.history)
+            lines.append(f"      created {fmt_time(m.created)}, last change "
+                         f"{fmt_time(m.last_activity)}: {history}")
+            lines.append(f"      {_text(m.content, full)}")
+        if listing.more_outgoing:
+            lines.append(f"  ... and {listing.more_outgoing} more (--limit)")
+    if direction != "out":
+        lines.append(f"To webapp ({len(incoming)}):")
+        for i in incoming:
+            reason = f" ({p(i.reason)})" if i.reason else ""
+            forwarded = f", forwarded {fmt_time(i.forwarded)}" if i.forwarded else ""
+            lines.append(f"  {i.id}  from {p(i.from_) or '?'}  {i.state.value}{reason}")
+            lines.append(f"      received {fmt_time(i.stored)}{forwarded}")
+            lines.append(f"      {_text(i.content, full)}")
+        if listing.more_incoming:
+            lines.append(f"  ... and {listing.more_incoming} more (--limit)")
+    return Outcome(out=lines)
+
+
+TEXT_SHOWN = 60  # characters of a text `smsgw messages` shows without --full
+
+
+def _text(text: str, full: bool) -> str:
+    """A message's text on one line (control characters escaped by repr), cut with an
+    ellipsis unless `full`."""
+    if not full and len(text) > TEXT_SHOWN:
+        return repr(text[:TEXT_SHOWN]) + "…"
+    return repr(text)
+
+
+def complete_ids(paths: Paths, kind: str, states: frozenset[str] | None,
+                 incomplete: str) -> list[str]:
+    """Ids starting with `incomplete`, for shell completion; nothing (and no file created)
+    when there is no state yet."""
+    from .models import utcnow
+    from .store import Store
+
+    if not (paths.state_dir / "state.json").exists():
+        return []
+    store = Store(paths.state_dir)
+    return [i for i in store.completion_ids(utcnow(), kind, states)
+            if i.startswith(incomplete)]
 
 
 # run -----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ Core modules are imported inside the commands: start-up time is felt on a phone,
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -230,37 +229,63 @@ def status(c: Ctx, as_json: bool) -> None:
 
 
 # messages --------------------------------------------------------------------
-@cli.command()
-@click.option("--state", "state_filter", help="Only messages in this state (e.g. FAILED).")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def messages(c: Ctx, state_filter: str | None, limit: int, as_json: bool) -> None:
-    """List messages from the webapp and SMS to the webapp, with their history."""
-    from .models import printable, utcnow
+def _complete(kind: str, states: frozenset[str] | None = None) -> Any:
+    """A click `shell_complete` callback listing ids (of `kind`, in `states`); it never
+    fails: completion must not print a traceback into the user's shell."""
 
-    listing = c.store().messages(utcnow(), limit, state_filter.upper() if state_filter else None)
-    out, incoming = listing.outgoing, listing.incoming
-    if as_json:
-        click.echo(json.dumps({"from_webapp": [m.to_dict() for m in out],
-                               "to_webapp": [m.to_dict() for m in incoming]}, indent=2))
-        return
-    p = printable
-    click.echo(f"From webapp ({len(out)}):")
-    for m in out:
-        history = " → ".join(h.state for h in m.history)
-        reason = f" ({p(m.reason)})" if m.reason else ""
-        click.echo(f"  {p(m.id)}  to {p(m.to)}  {m.state.value}{reason}  retries {m.retries}")
-        click.echo(f"      {history}   {m.content[:60]!r}")
-    if listing.more_outgoing:
-        click.echo(f"  ... and {listing.more_outgoing} more (--limit)")
-    click.echo(f"To webapp ({len(incoming)}):")
-    for i in incoming:
-        reason = f" ({p(i.reason)})" if i.reason else ""
-        click.echo(f"  {i.id}  from {p(i.from_) or '?'}  {i.state.value}{reason}  "
-                   f"{i.content[:60]!r}")
-    if listing.more_incoming:
-        click.echo(f"  ... and {listing.more_incoming} more (--limit)")
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+        try:
+            from . import actions
+
+            return actions.complete_ids(default_paths(), kind, states, incomplete)
+        except Exception:  # noqa: BLE001 - a damaged state means no candidates, no noise
+            return []
+
+    return complete
+
+
+def _complete_state(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    from .actions import valid_states
+
+    return [s for s in valid_states() if s.startswith(incomplete.upper())]
+
+
+@cli.command()
+@click.option("--state", "states", multiple=True, metavar="STATE",
+              shell_complete=_complete_state,
+              help="Only messages in this state (e.g. FAILED, WAITING); repeat for several.")
+@click.option("--number", metavar="NUMBER",
+              help="Only messages to or from a number ending with these digits "
+                   "(+254 700 000 001, 700000001), or from this sender name.")
+@click.option("--direction", type=click.Choice(["in", "out"]),
+              help="in: SMS to the webapp; out: messages from the webapp.")
+@click.option("--since", metavar="WHEN",
+              help="Only messages that reached smsgw since WHEN: a duration back from now "
+                   "(2h, 30m, 7d) or a date and time (2026-11-30T08:00, local time).")
+@click.option("--until", metavar="WHEN", help="... and until WHEN (same forms).")
+@click.option("--id", "id_prefix", metavar="ID", shell_complete=_complete("any"),
+              help="Only messages whose id starts with ID.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000),
+              help="The newest N of each direction, after the filters.")
+@click.option("--full", is_flag=True, help="Whole texts, and the time of each state.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output, stable for scripts: from_webapp and to_webapp "
+                   "(lists of records), more_from_webapp and more_to_webapp (left out by "
+                   "--limit); see the README.")
+@pass_ctx
+def messages(c: Ctx, states: tuple[str, ...], number: str | None, direction: str | None,
+             since: str | None, until: str | None, id_prefix: str | None, limit: int,
+             full: bool, as_json: bool) -> None:
+    """List messages from the webapp and SMS to the webapp, with their history.
+
+    Times are UTC. The filters apply before --limit.
+    """
+    from . import actions
+    from .models import utcnow
+
+    _print(actions.messages(c.store(), utcnow(), limit=limit, states=states, number=number,
+                            direction=direction, since=since, until=until,
+                            id_prefix=id_prefix, full=full, as_json=as_json))
 
 
 # log ---------------------------------------------------------------------------
@@ -314,14 +339,14 @@ def send(c: Ctx, number: str, text: str) -> None:
 
 
 @cli.command("retry")
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, shell_complete=_complete("out", frozenset({"FAILED"})))
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every FAILED message.")
 @pass_ctx
 def retry_cmd(c: Ctx, ids: tuple[str, ...], all_failed: bool) -> None:
     """Send FAILED messages again, starting over from retry #1.
 
-    Exit status: 5 when an id is unknown, 6 when a message is not FAILED (it is left as it
-    is).
+    An ID may be a unique prefix of the id. Exit status: 5 when an id is unknown or an
+    ambiguous prefix, 6 when a message is not FAILED (it is left as it is).
     """
     from . import actions
     from .models import utcnow
@@ -329,6 +354,25 @@ def retry_cmd(c: Ctx, ids: tuple[str, ...], all_failed: bool) -> None:
     if not ids and not all_failed:
         raise click.UsageError("name message ids, or use --failed")
     _print(actions.retry(c.paths, c.store(), list(ids), all_failed, utcnow()))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True,
+                shell_complete=_complete("out", frozenset({"UNSENT"})))
+@pass_ctx
+def cancel(c: Ctx, ids: tuple[str, ...]) -> None:
+    """Cancel messages not yet handed to the phone (UNSENT: first try or waiting for a
+    retry): they end FAILED with the reason `cancelled`, which the webapp hears.
+
+    An ID may be a unique prefix of the id. Exit status: 5 when an id is unknown or an
+    ambiguous prefix, 6 when a message cannot be cancelled (already handed to the phone,
+    or finished; it is left as it is).
+    """
+    from . import actions
+    from .models import utcnow
+
+    setup_logging(c.paths, c.debug, console=False, url=c.settings.url)
+    _print(actions.cancel(c.paths, c.store(), list(ids), utcnow()))
 
 
 def _print(outcome: Any) -> None:

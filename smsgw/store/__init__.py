@@ -10,9 +10,10 @@ tinydb, split by job:
 
 from .archive import Archive
 from .storage import STATE_VERSION, AtomicJSONStorage, StateCache
-from .store import RECENT_KEYS, AcceptResult, Batch, RetryResult, Store
+from .store import RECENT_KEYS, AcceptResult, Batch, CancelResult, RetryResult, Store
 from .unit import Unit
-from .views import Listing
+from .views import Listing, MessageFilter
 
 __all__ = ["STATE_VERSION", "RECENT_KEYS", "AcceptResult", "Archive", "AtomicJSONStorage",
-           "Batch", "Listing", "RetryResult", "StateCache", "Store", "Unit"]
+           "Batch", "CancelResult", "Listing", "MessageFilter", "RetryResult", "StateCache",
+           "Store", "Unit"]

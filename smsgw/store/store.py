@@ -57,7 +57,7 @@ from .storage import (
 from .unit import Unit
 
 if TYPE_CHECKING:
-    from .views import Listing, QueueHealth
+    from .views import Listing, MessageFilter, QueueHealth
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,21 @@ class RetryResult:
     retried: list[str] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
     wrong_state: list[tuple[str, str]] = field(default_factory=list)
+    ambiguous: list[tuple[str, list[str]]] = field(default_factory=list)  # prefix, ids
+
+
+@dataclass
+class CancelResult:
+    """What `smsgw cancel` did: cancelled ids (with how many parts had already gone out,
+    of how many), and the ids it could not cancel."""
+
+    cancelled: list[tuple[str, bool, int, int]] = field(default_factory=list)  # id, local
+    not_found: list[str] = field(default_factory=list)
+    wrong_state: list[tuple[str, str]] = field(default_factory=list)
+    ambiguous: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+CANCELLED = "cancelled"  # the reason of a message FAILED by `smsgw cancel`
 
 
 class Store:
@@ -471,29 +486,50 @@ class Store:
         logger.info("local message %s to %s queued", msg.id, number)
         return msg
 
+    def _resolve(self, u: Unit, text: str) -> tuple[Outgoing, bool] | list[str] | None:
+        """The outgoing message a person names by its id or a unique prefix of it, active
+        or archived: (message, archived), the candidate ids when the prefix is ambiguous,
+        or None. An exact id always wins (a webapp one before a local one); an active exact
+        id costs no archive read, an archived one the same single pass as before."""
+        msg = u.lookup(text)
+        if msg is not None:
+            return msg, False
+        active = u.starting_with(text)
+        archived = [Outgoing.from_dict(r) for r in self.archive.matching("out", text)]
+        exact = sorted((m for m in archived if m.id == text), key=lambda m: m.local)
+        if exact:
+            return exact[0], True
+        found = [(m, False) for m in active] + [(m, True) for m in archived]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            return sorted({m.id for m, _ in found})
+        return None
+
     def retry(self, ids: list[str], all_failed: bool, now: datetime) -> RetryResult:
         """Restart FAILED messages from retry #1 (`smsgw retry`), in one unit of work.
 
-        An archived FAILED message comes back into the queue as the same record (the
-        archive marks it revived); a message in any other state is left as it is, and
-        nothing is written when nothing is retried.
+        Each id may be a unique prefix. An archived FAILED message comes back into the
+        queue as the same record (the archive marks it revived); a message in any other
+        state is left as it is, and nothing is written when nothing is retried.
         """
         result = RetryResult()
         with self.unit(now) as u:
             targets: list[Outgoing] = []
             if all_failed:
                 targets = [m for m in u.outgoing() if m.state is OutState.FAILED]
-            for msg_id in ids:
-                msg = u.lookup(msg_id)
-                if msg is None:
-                    record = self.archive.find("out", msg_id)
-                    if record is None:
-                        result.not_found.append(msg_id)
-                        continue
-                    msg = Outgoing.from_dict(record)
-                    if msg.state is OutState.FAILED:
-                        self.archive.revive(now, msg.ref)
-                        u.add(msg)
+            for text in ids:
+                found = self._resolve(u, text)
+                if isinstance(found, list):
+                    result.ambiguous.append((text, found))
+                    continue
+                if found is None:
+                    result.not_found.append(text)
+                    continue
+                msg, archived = found
+                if archived and msg.state is OutState.FAILED:
+                    self.archive.revive(now, msg.ref)
+                    u.add(msg)
                 if msg.state is not OutState.FAILED:
                     result.wrong_state.append((msg.id, msg.state.value))
                 elif msg not in targets:
@@ -511,6 +547,35 @@ class Store:
                 logger.info("message %s to %s: retry requested by a person", msg.id, msg.to)
         return result
 
+    def cancel(self, ids: list[str], now: datetime) -> CancelResult:
+        """FAIL messages not yet handed to the phone (UNSENT: first try or waiting for a
+        retry) with the reason `cancelled` (`smsgw cancel`), deciding and changing in one
+        unit of work, so a running daemon either sent a message before or never will.
+
+        Each id may be a unique prefix. The webapp hears FAILED through the usual update
+        queue (a local message is never posted); any other state is left as it is.
+        """
+        result = CancelResult()
+        with self.unit(now) as u:
+            for text in ids:
+                found = self._resolve(u, text)
+                if isinstance(found, list):
+                    result.ambiguous.append((text, found))
+                    continue
+                if found is None:
+                    result.not_found.append(text)
+                    continue
+                msg, archived = found
+                if archived or msg.state is not OutState.UNSENT:
+                    result.wrong_state.append((msg.id, msg.state.value))
+                    continue
+                u.transition(msg, OutState.FAILED, CANCELLED)
+                msg.due = None
+                gone = sum(1 for p in msg.parts if p.state is PartState.SENT)
+                result.cancelled.append((msg.id, msg.local, gone, len(msg.parts)))
+                logger.info("message %s to %s cancelled by a person", msg.id, msg.to)
+        return result
+
     # read views -------------------------------------------------------------
     def summary(self, now: datetime) -> dict[str, Any]:
         """Everything `smsgw status` shows (see views.summary)."""
@@ -524,8 +589,16 @@ class Store:
 
         return health(self, now)
 
-    def messages(self, now: datetime, limit: int, state: str | None = None) -> Listing:
+    def messages(self, now: datetime, limit: int, state: str | None = None,
+                 only: MessageFilter | None = None) -> Listing:
         """Messages for `smsgw messages` (see views.listing)."""
         from .views import listing
 
-        return listing(self, now, limit, state)
+        return listing(self, now, limit, state, only)
+
+    def completion_ids(self, now: datetime, kind: str,
+                       states: frozenset[str] | None = None) -> list[str]:
+        """Ids for shell completion (see views.completion_ids)."""
+        from .views import completion_ids
+
+        return completion_ids(self, now, kind, states)

@@ -176,6 +176,10 @@ class Unit:
         """The active message a person names by id: a webapp one, else a local one."""
         return self.get(Ref(msg_id)) or self.get(Ref(msg_id, local=True))
 
+    def starting_with(self, prefix: str) -> list[Outgoing]:
+        """Active messages (of both namespaces) whose id starts with `prefix`."""
+        return [self._msg(i) for i in self._select(lambda d: d["id"].startswith(prefix))]
+
     def outgoing(self) -> list[Outgoing]:
         """Every active message, in arrival order."""
         return [self._msg(i) for i in self._select(lambda d: True)]

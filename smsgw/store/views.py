@@ -6,7 +6,7 @@ once, in its current state; the counts are of the active queue.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -65,27 +65,64 @@ class Listing:
     more_incoming: int = 0
 
 
-def listing(store: Store, now: datetime, limit: int, state: str | None = None) -> Listing:
+@dataclass(frozen=True)
+class MessageFilter:
+    """What `smsgw messages` keeps, before its limit: every field set must match."""
+
+    states: frozenset[str] = frozenset()  # state values (of either direction)
+    number: str | None = None  # the end of the number's digits, or a sender name
+    direction: str | None = None  # "in" (to the webapp) or "out" (from the webapp)
+    since: datetime | None = None
+    until: datetime | None = None
+    id_prefix: str | None = None
+
+    def keeps(self, msg_id: str, state: str, number: str, at: datetime) -> bool:
+        """Whether a message with these values passes every filter."""
+        return ((not self.states or state in self.states)
+                and (self.id_prefix is None or msg_id.startswith(self.id_prefix))
+                and (self.number is None or number_matches(self.number, number))
+                and (self.since is None or at >= self.since)
+                and (self.until is None or at <= self.until))
+
+
+def number_matches(wanted: str, number: str) -> bool:
+    """Whether `number` ends with the digits of `wanted` (separators and `+` ignored, so
+    700000001 finds +254700000001 and 0700000001); a `wanted` without digits (a sender
+    name such as MPESA) must equal the number, case ignored."""
+    digits = "".join(c for c in wanted if c.isdigit())
+    if not digits:
+        return wanted.strip().casefold() == number.strip().casefold()
+    return "".join(c for c in number if c.isdigit()).endswith(digits)
+
+
+def listing(store: Store, now: datetime, limit: int, state: str | None = None,
+            only: MessageFilter | None = None) -> Listing:
     """Active and archived messages, each id once in its current state, filtered by
-    `state` before the newest `limit` of each direction are kept."""
+    `state` and `only` before the newest `limit` of each direction are kept. A message's
+    time is when it reached smsgw (outgoing: created; incoming: stored)."""
+    only = only or MessageFilter()
+    if state is not None:
+        only = replace(only, states=only.states | {state})
     with store.unit(now) as u:
-        out = u.outgoing()
-        incoming = [Incoming.from_dict(d) for d in u.db.table("incoming").all()]
+        out = u.outgoing() if only.direction != "in" else []
+        incoming = [Incoming.from_dict(d) for d in u.db.table("incoming").all()] \
+            if only.direction != "out" else []
     active = {m.ref for m in out}
     old_out: list[Outgoing] = []
     old_in: list[Incoming] = []
     for kind, rec in store.archive.latest():
-        if kind == "out":
+        if kind == "out" and only.direction != "in":
             msg = Outgoing.from_dict(rec)
             if msg.ref not in active:
                 old_out.append(msg)
-        elif kind == "in":
+        elif kind == "in" and only.direction != "out":
             old_in.append(Incoming.from_dict(rec))
-    every_out = sorted(old_out, key=lambda m: m.created) + out
-    every_in = sorted(old_in, key=lambda m: m.stored) + incoming
-    if state is not None:
-        every_out = [m for m in every_out if m.state.value == state]
-        every_in = [m for m in every_in if m.state.value == state]
+    old_out.reverse()  # oldest first: messages of the same time stay in archive order
+    old_in.reverse()
+    every_out = [m for m in sorted(old_out, key=lambda m: m.created) + out
+                 if only.keeps(m.id, m.state.value, m.to, m.created)]
+    every_in = [m for m in sorted(old_in, key=lambda m: m.stored) + incoming
+                if only.keeps(m.id, m.state.value, m.from_, m.stored)]
     return Listing(every_out[-limit:], every_in[-limit:],
                    max(0, len(every_out) - limit), max(0, len(every_in) - limit))
 
@@ -114,3 +151,19 @@ def health(store: Store, now: datetime) -> QueueHealth:
             failed_24h=u.failed_last_day(),
             phone_error=None if phone is None else phone.text,
         )
+
+
+def completion_ids(store: Store, now: datetime, kind: str,
+                   states: frozenset[str] | None = None) -> list[str]:
+    """Ids for shell completion: of `kind` ("out", "in" or "any"), active and archived,
+    in `states` if given. Archived lines are not parsed whole, so it stays quick."""
+    with store.unit(now) as u:
+        found: dict[str, str] = {}
+        if kind in ("out", "any"):
+            found.update((m.id, m.state.value) for m in u.outgoing())
+        if kind in ("in", "any"):
+            found.update((d["id"], d["state"]) for d in u.db.table("incoming").all())
+    for (k, msg_id), state in store.archive.id_states().items():
+        if kind in (k, "any") and msg_id not in found:
+            found[msg_id] = state
+    return sorted(i for i, st in found.items() if states is None or st in states)
