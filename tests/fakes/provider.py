@@ -1075,6 +1075,10 @@ def main(name: str, argv: list[str]) -> int:
             return sms_list(p, call, argv, modes)
         if name == SEND_NAME:
             return sms_send(p, call, argv, modes)
+        if name == "termux-job-scheduler":
+            from jobscheduler import main as job_scheduler
+
+            return job_scheduler(p, call, argv, modes)
         call.log()
         if name == "pm":
             return pm(argv, modes)
