@@ -296,7 +296,7 @@ def stop(paths: Paths, timeout: float = 30.0) -> Outcome:
     with contextlib.suppress(ProcessLookupError):  # it just exited: the lock says so below
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while daemon_running(paths) is not None:
+    while daemon_running(paths) is not None or not _exited(pid):
         if time.monotonic() > deadline:
             raise UserError(f"smsgw (pid {pid}) did not stop within {timeout:g} s (it "
                             f"finishes a send before it stops): run `smsgw stop` again, or "
@@ -304,6 +304,21 @@ def stop(paths: Paths, timeout: float = 30.0) -> Outcome:
         time.sleep(0.1)
     logger.info("smsgw (pid %d) stopped by `smsgw stop`", pid)
     return Outcome(out=[f"stopped smsgw (pid {pid}); it stays down until `smsgw run`"])
+
+
+def _exited(pid: int) -> bool:
+    """Whether process `pid` is gone (a zombie, awaiting its parent, counts as gone)."""
+    import os
+    from pathlib import Path
+
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except ProcessLookupError:
+        return True
+    except OSError:  # no /proc: the released lock has to do
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 # run -----------------------------------------------------------------------------------

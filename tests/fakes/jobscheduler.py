@@ -20,23 +20,16 @@ SHORT = "hs:p"
 LONG = ["script=", "job-id=", "pending", "cancel", "cancel-all", "period-ms=", "network=",
         "battery-not-low=", "storage-not-low=", "charging=", "persisted=", "help",
         "trigger-content-flag=", "trigger-content-uri="]
-USAGE = f"""Usage: {NAME} [options]
-Schedule a script to run at specified intervals.
-  -p/--pending               list pending jobs and exit
-  --cancel-all               cancel all pending jobs and exit
-  --cancel                   cancel given job-id and exit
-Options for scheduling:
-  -s/--script path           path to the script to be called
-  --job-id int               job id (will overwrite any previous job with the same id)
-  --period-ms int            schedule job approximately every period-ms milliseconds (default 0 means once).
-                             Note that since Android N, the minimum period is 900,000ms (15 minutes).
-  --network text             run only when this type of network available (default any): any|unmetered|cellular|not_roaming|none
-  --battery-not-low boolean  run only when battery is not low, default true (at least Android O)
-  --storage-not-low boolean  run only when storage is not low, default false (at least Android O)
-  --charging boolean         run only when charging, default false
-  --persisted boolean        should the job survive reboots, default false
-  --trigger-content-uri text (at least Android N)
-  --trigger-content-flag int default 1, (at least Android N)
+# The help (-h) in the fake's own words; the real script prints its option list and exits 0.
+USAGE = f"""Usage: {NAME} [options]   (fake termux-job-scheduler)
+  -p, --pending                 list the pending jobs
+  --cancel --job-id ID          cancel one job;  --cancel-all: cancel every job
+  -s, --script PATH             the script a job runs (absolute path)
+  --job-id ID                   the job's id (default 0; scheduling an id replaces its job)
+  --period-ms MS                repeat every MS (at least 900000); 0 runs it once
+  --network any|unmetered|cellular|not_roaming|none      (default any)
+  --battery-not-low B  --storage-not-low B  --charging B  --persisted B     (booleans)
+  --trigger-content-uri URI  --trigger-content-flag N      (passed on, unused by the app)
 """
 # Option -> (am extra type, extra name), in the order the script adds them.
 EXTRAS = [("script", "es", "script"), ("job-id", "ei", "job_id"), ("pending", "ez", "pending"),
