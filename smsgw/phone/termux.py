@@ -3,7 +3,7 @@
 Every command goes through run_command(): an argument tuple (never a shell), its own
 process group, a timeout that kills the whole group (termux-api commands wait for the app
 with no timeout of their own), the SMS text only on stdin. The facts this is built on, and
-their sources, are in ../shared/TERMUX.md.
+their sources, are in tests/fakes/README.md.
 """
 
 from __future__ import annotations

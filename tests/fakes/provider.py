@@ -17,7 +17,7 @@ Each command is modelled in two layers, because a phone can pair any version of 
                `_id` and `-t inbox` lists every row, before 0.51 no `address`.
 Between the two sits `am broadcast`: an `--ei` value Java's Integer.decode refuses, or a word
 split where the script pastes a value unquoted, makes am fail, nothing connects back, and the
-command hangs. The facts and their sources are in ../shared/TERMUX.md and README.md here.
+command hangs. The facts and their sources are in README.md here.
 This module must not import smsgw: it is the phone, not the gateway.
 """
 
