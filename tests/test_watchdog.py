@@ -379,3 +379,18 @@ def test_doctor_lists_the_checks_it_skipped(tmp_path: Path) -> None:
                      "watchdog job"}, done.stdout
     assert all("skipped" in line and "termux-api" in line for line in skipped), done.stdout
     assert "5 skipped" in done.stdout.splitlines()[-1]
+
+
+def test_doctor_when_another_job_hides_the_list(phone: Phone) -> None:
+    # A job scheduled with --network none cannot be printed by Termux:API on Android 9+:
+    # `--pending` then prints nothing at all, even with the watchdog registered.
+    script = phone.write_exe(phone.home / ".termux" / "watchdog" / "smsgw-watchdog",
+                             WATCHDOG.read_text())
+    for extra in ([], ["--network", "none"]):
+        done = phone.run("termux-job-scheduler", "--job-id", str(JOB_ID + len(extra)),
+                         "--script", str(script), "--period-ms", "900000", "--persisted",
+                         "true", *extra)
+        assert done.returncode == 0, done.stderr
+    done, checks = doctor(phone)
+    assert checks["watchdog job"].startswith("✗ ") and "printed nothing" in checks["watchdog job"]
+    assert "termux-job-scheduler --cancel --job-id ID" in done.stdout
