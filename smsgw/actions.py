@@ -282,10 +282,14 @@ def stop(paths: Paths, timeout: float = 30.0) -> Outcome:
     if pid and parent_name(int(pid)) == "runsv":
         raise UserError(f"smsgw (pid {pid}) runs under runit, which would start it again: "
                         "stop it with `sv down smsgw` (and `sv up smsgw` to start it)")
-    try:
-        atomic_write_text(stop_marker(paths), f"{to_iso(utcnow())}\n")
-    except OSError as exc:
-        raise UserError(f"cannot write {stop_marker(paths)}: {exc.strerror}") from None
+
+    def mark() -> None:
+        try:
+            atomic_write_text(stop_marker(paths), f"{to_iso(utcnow())}\n")
+        except OSError as exc:
+            raise UserError(f"cannot write {stop_marker(paths)}: {exc.strerror}") from None
+
+    mark()
     if info is None:
         return Outcome(out=["smsgw is not running; it stays down until `smsgw run` (the "
                             "watchdog will not start it)"])
@@ -302,7 +306,7 @@ def stop(paths: Paths, timeout: float = 30.0) -> Outcome:
                             f"finishes a send before it stops): run `smsgw stop` again, or "
                             f"`kill -9 {pid}` to cut it short")
         time.sleep(0.1)
-    logger.info("smsgw (pid %d) stopped by `smsgw stop`", pid)
+    mark()  # again: a daemon that was just starting may have removed it
     return Outcome(out=[f"stopped smsgw (pid {pid}); it stays down until `smsgw run`"])
 
 

@@ -198,14 +198,21 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT or max_cycles. Returns the exit code."""
         lock = DaemonLock(self.paths)
-        lock.acquire({"pid": os.getpid(), "started": to_iso(self.clock()),
-                      "interval": self.interval})
+        # The shell hook may signal as soon as the pid file names us: SIGUSR1's default
+        # action would end the daemon, so catch it before the pid file is written.
+        early_wake = signal.signal(signal.SIGUSR1, self._on_wake)
+        try:
+            lock.acquire({"pid": os.getpid(), "started": to_iso(self.clock()),
+                          "interval": self.interval})
+        except BaseException:
+            signal.signal(signal.SIGUSR1, early_wake)
+            raise
         rfd, wfd = os.pipe()
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
         self._pipe = (rfd, wfd)
         previous = {s: signal.signal(s, self._on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_wake)
+        previous[signal.SIGUSR1] = early_wake
         logger.info("smsgw started (pid %d, every %ds)", os.getpid(), self.interval)
         with contextlib.suppress(FileNotFoundError):  # started again: no longer stopped
             stop_marker(self.paths).unlink()
