@@ -234,6 +234,18 @@ def test_smsgw_stop_without_a_daemon_still_keeps_the_watchdog_away(phone: Phone)
     assert phone.log() == "" and phone.running() is None
 
 
+def test_watchdog_waits_for_smsgw_config(phone: Phone) -> None:
+    config = phone.home / ".config" / "smsgw" / "config.json"
+    assert config.exists()  # where smsgw saved it, and where the watchdog looks
+    saved = config.read_bytes()
+    config.unlink()
+    phone.watchdog()
+    assert phone.log() == "" and phone.running() is None  # `smsgw run` would only refuse
+    config.write_bytes(saved)
+    phone.watchdog()
+    phone.wait_running()
+
+
 def test_smsgw_stop_under_runit_says_sv_down(phone: Phone, tmp_path: Path) -> None:
     # runsv is the daemon's parent under runit; a script named runsv is one as well.
     runsv = phone.write_exe(tmp_path / "sv" / "runsv",
