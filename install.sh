@@ -3,8 +3,9 @@
 #
 # Installs python, pip and termux-api with pkg (what is missing), smsgw with pip, the
 # Termux:Boot script, the runit service (disabled until `sv-enable smsgw`), the
-# Termux:Tasker hook and the watchdog (a termux-job-scheduler job, id 7674). Running it again changes nothing; files you edited are kept (the
-# new version is put beside them as *.new).
+# Termux:Tasker hook and the watchdog (a termux-job-scheduler job, id 7674). Running it
+# again changes nothing; files you edited are kept (the new version is put beside them as
+# *.new).
 #
 # Environment:
 #   SMSGW_SOURCE  what pip installs (default: the project's published archive)
