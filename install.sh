@@ -2,9 +2,10 @@
 # smsgw installer for Termux:  curl -fsSL <URL of this file> | sh
 #
 # Installs python, pip and termux-api with pkg (what is missing), smsgw with pip, the
-# Termux:Boot script, the runit service (disabled until `sv-enable smsgw`) and the
-# Termux:Tasker hook. Running it again changes nothing; files you edited are kept (the
-# new version is put beside them as *.new).
+# Termux:Boot script, the runit service (disabled until `sv-enable smsgw`), the
+# Termux:Tasker hook and the watchdog (a termux-job-scheduler job, id 7674). Running it
+# again changes nothing; files you edited are kept (the new version is put beside them as
+# *.new).
 #
 # Environment:
 #   SMSGW_SOURCE  what pip installs (default: the project's published archive)
@@ -71,6 +72,7 @@ On a computer, try it with: pip install '$SMSGW_SOURCE' && smsgw demo
 
     put_file "$share/boot/smsgw" "$HOME/.termux/boot/smsgw"
     put_file "$share/tasker/smsgw-sms-received" "$HOME/.termux/tasker/smsgw-sms-received"
+    put_file "$share/watchdog/smsgw-watchdog" "$HOME/.termux/watchdog/smsgw-watchdog"
 
     service="$PREFIX/var/service/smsgw"
     first_service_install=0
@@ -84,7 +86,23 @@ On a computer, try it with: pip install '$SMSGW_SOURCE' && smsgw demo
         : >"$service/down"  # disabled until the user runs sv-enable smsgw
     fi
 
-    # 4. Next steps ------------------------------------------------------------------------
+    # 4. The watchdog: a persisted job every 15 minutes (Android's shortest period) that
+    # starts smsgw if it died. A fixed job id: scheduling it again replaces it, never adds.
+    watchdog="$HOME/.termux/watchdog/smsgw-watchdog"
+    job="termux-job-scheduler --job-id 7674 --script $watchdog --period-ms 900000 --persisted true"
+    # termux-api commands wait for ever without the Termux:API app: a timeout.
+    if timeout 30 termux-job-scheduler --pending </dev/null 2>/dev/null \
+            | grep -q "^Pending Job 7674: $watchdog "; then
+        :
+    elif timeout 30 termux-job-scheduler --job-id 7674 --script "$watchdog" \
+            --period-ms 900000 --persisted true </dev/null 2>&1 | grep -q "^Pending Job 7674:"; then
+        say "registered the watchdog (termux-job-scheduler job 7674, every 15 minutes)"
+    else
+        say "could not register the watchdog (is the Termux:API app installed?); later, run:"
+        say "  $job"
+    fi
+
+    # 5. Next steps ------------------------------------------------------------------------
     cat <<EOF
 
 smsgw is installed. Next steps:

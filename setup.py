@@ -35,6 +35,7 @@ setup(
         ("share/smsgw/termux/boot", ["termux/boot/smsgw"]),
         ("share/smsgw/termux/service/smsgw", ["termux/service/smsgw/run"]),
         ("share/smsgw/termux/tasker", ["termux/tasker/smsgw-sms-received"]),
+        ("share/smsgw/termux/watchdog", ["termux/watchdog/smsgw-watchdog"]),
     ],
     entry_points={"console_scripts": ["smsgw=smsgw.cli:main"]},
     classifiers=[

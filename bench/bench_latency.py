@@ -2,8 +2,9 @@
 
 Real `smsgw run` daemons over the fake termux-* (every call sleeps LATENCY s) and the
 reference webapp in its own process:
-- `--interval 600` with `smsgw hook` run right after each SMS arrives (as Termux:Tasker
-  does): from the arrival to the webapp having it;
+- `--interval 600` with `smsgw hook`, then with the Termux:Tasker script (termux/tasker/
+  smsgw-sms-received under sh: a signal, no Python start), run right after each SMS arrives
+  (as Termux:Tasker does): from the arrival to the webapp having it;
 - `--interval 5` without the hook: SMS arriving at random moments, and in the worst case
   (just after a cycle read the inbox); messages queued at the webapp at random moments and
   just after a POST, until termux-sms-send is called (the fake logs each call's start).
@@ -12,12 +13,15 @@ reference webapp in its own process:
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from benchlib import (
     LATENCY,
+    REPO,
     FakeTermux,
     Output,
     SmsgwHome,
@@ -30,6 +34,8 @@ from benchlib import (
 )
 
 INTERVAL = 5
+TASKER_SCRIPT = REPO / "termux" / "tasker" / "smsgw-sms-received"
+SH = shutil.which("dash") or "sh"  # Termux's sh is dash
 LIST = "termux-sms-list"
 SEND = "termux-sms-send"
 
@@ -61,7 +67,15 @@ def received(webapp: WebappProcess) -> int:
     return len(webapp.state()["received"])
 
 
-def hook_latency(work: Path, samples: int) -> dict[str, Any]:
+def run_hook(home: SmsgwHome, shell: bool) -> subprocess.CompletedProcess[str]:
+    """`smsgw hook`, or the Tasker script under sh."""
+    if not shell:
+        return home.run("hook", timeout=30)
+    return subprocess.run([SH, str(TASKER_SCRIPT)], env=home.env, capture_output=True,
+                          text=True, timeout=30)
+
+
+def hook_latency(work: Path, samples: int, shell: bool = False) -> dict[str, Any]:
     fake, home, webapp, proc = start_daemon(work, 600)
     lat, hook_times = [], []
     try:
@@ -70,10 +84,11 @@ def hook_latency(work: Path, samples: int) -> dict[str, Any]:
             t0 = time.time()
             fake.receive("+254700000100", f"hook sample {i}")
             h0 = time.perf_counter()
-            done = home.run("hook", timeout=30)
+            done = run_hook(home, shell)
             hook_times.append(time.perf_counter() - h0)
-            if done.returncode != 0:
-                raise RuntimeError(f"smsgw hook failed: {done.stderr.strip()}")
+            if done.returncode != 0 or (shell and not done.stdout.startswith("woke smsgw")):
+                raise RuntimeError(f"the hook failed: {done.stdout.strip()} "
+                                   f"{done.stderr.strip()}")
             wait_until(lambda n0=n0: received(webapp) > n0, timeout=30, poll=0.01,
                        what="the SMS at the webapp")
             lat.append(time.time() - t0)
@@ -148,6 +163,14 @@ def run(quick: bool, work: Path) -> Output:
             "<= 2", worst <= 2, note=dist_note(h["latency"]))
     out.add("5.2", "latency: the `smsgw hook` command itself", median(h["hook_seconds"]), "s",
             "(info)", None, note="median; Python start-up, import, signal")
+    say(f"5. the same with the Tasker script under {SH} (a signal, no Python start)")
+    t = hook_latency(work / "shell-hook", n_hook, shell=True)
+    out.data["shell_hook"] = t
+    worst = max(t["latency"])
+    out.add("5.7", "latency: SMS -> webapp with the Tasker script (600 s interval)", worst, "s",
+            "<= 2", worst <= 2, note=dist_note(t["latency"]))
+    out.add("5.8", "latency: the Tasker script itself (sh, signal)", median(t["hook_seconds"]),
+            "s", "(info)", None, note="median; sed, /proc check, kill -USR1")
 
     samples, worst_n = (3, 1) if quick else (12, 3)
     say(f"5. `smsgw run --interval {INTERVAL}` without hook: {samples} random + {worst_n} "

@@ -398,6 +398,17 @@ def hook(c: Ctx) -> None:
     click.echo(f"woke smsgw (pid {pid})")
 
 
+@cli.command()
+@click.option("--timeout", default=30.0, show_default=True,
+              type=click.FloatRange(0, 3600), help="Seconds to wait for the daemon to exit.")
+@pass_ctx
+def stop(c: Ctx, timeout: float) -> None:
+    """Stop the daemon on purpose: the watchdog leaves it down until the next `smsgw run`."""
+    from . import actions
+
+    _print(actions.stop(c.paths, timeout))
+
+
 # run -----------------------------------------------------------------------------
 def build_phone(kind: str, settings: Settings, state_dir: Any = None) -> Any:
     """The phone for `smsgw run`: Termux:API by default. The simulated phone keeps its SMS

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Paths, atomic_write_text
@@ -91,6 +92,25 @@ def daemon_running(paths: Paths) -> dict[str, Any] | None:
     finally:
         os.close(fd)
     return None
+
+
+STOP_MARKER = "stopped"  # in the data folder: `smsgw stop` was on purpose (the watchdog reads it)
+
+
+def stop_marker(paths: Paths) -> Path:
+    """The file `smsgw stop` leaves so the watchdog keeps smsgw down; `smsgw run` removes it."""
+    return paths.data_dir / STOP_MARKER
+
+
+def parent_name(pid: int) -> str | None:
+    """The command name of `pid`'s parent (e.g. `runsv` under runit), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces and ")"
+        return Path(f"/proc/{ppid}/comm").read_text(encoding="utf-8",
+                                                     errors="replace").strip()
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def wake(paths: Paths) -> int | None:
@@ -179,15 +199,24 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT or max_cycles. Returns the exit code."""
         lock = DaemonLock(self.paths)
-        lock.acquire({"pid": os.getpid(), "started": to_iso(self.clock()),
-                      "interval": self.interval})
+        # The shell hook may signal as soon as the pid file names us: SIGUSR1's default
+        # action would end the daemon, so catch it before the pid file is written.
+        early_wake = signal.signal(signal.SIGUSR1, self._on_wake)
+        try:
+            lock.acquire({"pid": os.getpid(), "started": to_iso(self.clock()),
+                          "interval": self.interval})
+        except BaseException:
+            signal.signal(signal.SIGUSR1, early_wake)
+            raise
         rfd, wfd = os.pipe()
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
         self._pipe = (rfd, wfd)
         previous = {s: signal.signal(s, self._on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_wake)
+        previous[signal.SIGUSR1] = early_wake
         logger.info("smsgw started (pid %d, every %ds)", os.getpid(), self.interval)
+        with contextlib.suppress(FileNotFoundError):  # started again: no longer stopped
+            stop_marker(self.paths).unlink()
         try:
             self._plan(0)
             while self._stop_signal is None:

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings, redact_url
-from .errors import Error
+from .errors import Error, PhoneError
 from .phone import termux
 
 ANDROID_DEFAULT_LIMIT = 30  # SMS parts per 60 s (SmsUsageMonitor)
 ANDROID_DEFAULT_INTERVAL_MS = 60_000
+WATCHDOG_JOB_ID = 7674  # install.sh registers the watchdog under this id (never two jobs)
+WATCHDOG_PERIOD_MS = 900_000  # Android's shortest period for a periodic job
+NO_COMMANDS = "skipped: needs the termux-api commands (missing, see above)"
 
 
 @dataclass
@@ -24,10 +27,27 @@ class Check:
     ok: bool
     detail: str = ""
     fix: str = ""
+    skipped: bool = False
+
+
+def skipped(name: str, why: str) -> Check:
+    """A check that was not run, and why."""
+    return Check(name, True, why, skipped=True)
 
 
 def boot_script() -> Path:
     return Path(os.environ.get("HOME", str(Path.home()))) / ".termux" / "boot" / "smsgw"
+
+
+def watchdog_script() -> Path:
+    return Path(os.environ.get("HOME", str(Path.home()))) / ".termux" / "watchdog" / \
+        "smsgw-watchdog"
+
+
+def watchdog_command() -> str:
+    """The command that registers the watchdog job (what install.sh runs)."""
+    return (f"termux-job-scheduler --job-id {WATCHDOG_JOB_ID} --script {watchdog_script()} "
+            f"--period-ms {WATCHDOG_PERIOD_MS} --persisted true")
 
 
 def check_commands() -> Check:
@@ -88,6 +108,40 @@ def check_wake_lock(timeout: float) -> Check:
     return Check("wake lock", True, "termux-wake-lock acquired (the boot script takes it too)")
 
 
+def check_watchdog(timeout: float) -> Check:
+    name = "watchdog job"
+    script = watchdog_script()
+    if not script.exists():
+        return Check(name, False, f"{script} is missing",
+                     "run install.sh again: it installs the watchdog and registers its job")
+    try:
+        out = termux.pending_jobs(timeout)
+    except PhoneError as exc:
+        return Check(name, False, f"termux-job-scheduler --pending: {exc}",
+                     f"open the Termux:API app once, then: {watchdog_command()}")
+    if not out.strip():
+        # JobSchedulerAPI cannot print a job without a network constraint on Android 9+
+        # (getRequiredNetwork() is null): the whole list is lost.
+        return Check(name, False, "termux-job-scheduler --pending printed nothing (a job "
+                     "scheduled with `--network none` stops Termux:API from listing jobs)",
+                     "find it and cancel it with termux-job-scheduler --cancel --job-id ID, "
+                     f"then: {watchdog_command()}")
+    prefix = f"Pending Job {WATCHDOG_JOB_ID}: "
+    line = next((x for x in out.splitlines() if x.startswith(prefix)), None)
+    if line is None:
+        return Check(name, False, f"job {WATCHDOG_JOB_ID} is not registered: nothing "
+                     "restarts smsgw if it dies", watchdog_command())
+    path, _, constraints = line[len(prefix):].partition("    ")
+    wrong = [what for what, ok in (
+        (f"runs {path}, not {script}", path == str(script)),
+        ("is not periodic", "(periodic: " in constraints),
+        ("does not survive a reboot", "(persisted)" in constraints)) if not ok]
+    if wrong:
+        return Check(name, False, f"job {WATCHDOG_JOB_ID} {', '.join(wrong)}",
+                     watchdog_command())
+    return Check(name, True, f"job {WATCHDOG_JOB_ID} runs {script} every 15 min, persisted")
+
+
 def check_webapp(settings: Settings, timeout: float) -> Check:
     if not settings.url:
         return Check("webapp", False, "no URL configured", "smsgw config --url URL")
@@ -125,17 +179,26 @@ def check_rate_limit(settings: Settings, timeout: float) -> Check:
 
 def run_checks(settings: Settings, timeout: float,
                echo: Callable[[str], None] = print) -> bool:
-    """Run every check, print ✓/✗ lines with fixes; True when all passed."""
+    """Run every check, print ✓/✗ lines with fixes, and each check skipped with why; True
+    when all that ran passed."""
     results = [check_commands()]
-    if results[0].ok:  # without the commands, the phone checks would only repeat it
+    phone = results[0].ok  # without the commands, the phone checks would only repeat it
+    if phone:
         results += [check_app(timeout), check_permission(timeout), check_wake_lock(timeout)]
+    else:
+        results += [skipped(n, NO_COMMANDS) for n in ("Termux:API app", "SMS permission",
+                                                       "wake lock")]
     results += [check_boot(), check_service(), check_webapp(settings, timeout)]
-    if results[0].ok:
-        results.append(check_rate_limit(settings, timeout))
+    results.append(check_rate_limit(settings, timeout) if phone
+                   else skipped("sending limit", NO_COMMANDS))
+    results.append(check_watchdog(timeout) if phone else skipped("watchdog job", NO_COMMANDS))
     for r in results:
-        echo(f"{'✓' if r.ok else '✗'} {r.name}: {r.detail}")
+        mark = "-" if r.skipped else "✓" if r.ok else "✗"
+        echo(f"{mark} {r.name}: {r.detail}")
         if not r.ok and r.fix:
             echo(f"    fix: {r.fix}")
     ok = all(r.ok for r in results)
-    echo("all checks passed" if ok else "some checks failed: see the fixes above")
+    count = sum(r.skipped for r in results)
+    tail = f" ({count} skipped)" if count else ""
+    echo(("all checks passed" if ok else "some checks failed: see the fixes above") + tail)
     return ok

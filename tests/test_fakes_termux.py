@@ -2,7 +2,7 @@
 
 Each fact is read from the real sources (termux/termux-api-package scripts at v0.58.0 and
 v0.59.1, termux/termux-api SmsInboxAPI/SmsSendAPI/TermuxApiPermissionActivity at v0.49 to
-v0.53.0); see tests/fakes/README.md and ../shared/TERMUX.md.
+v0.53.0); see tests/fakes/README.md.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeTermux as FakePhone
 
 from smsgw import __version__
 
@@ -28,6 +29,7 @@ SCRIPTS = {  # installed path (relative to HOME or $PREFIX) -> file in this chec
     "home/.termux/boot/smsgw": "termux/boot/smsgw",
     "home/.termux/tasker/smsgw-sms-received": "termux/tasker/smsgw-sms-received",
     "prefix/var/service/smsgw/run": "termux/service/smsgw/run",
+    "home/.termux/watchdog/smsgw-watchdog": "termux/watchdog/smsgw-watchdog",
 }
 TERMUX_API_STUBS = ("termux-sms-send", "termux-sms-list", "termux-wake-lock")
 EDITED = "#!/data/data/com.termux/files/usr/bin/sh\n# my own boot script\nsmsgw run --interval 30\n"
@@ -78,11 +80,13 @@ class FakeTermux:
     bin: Path
     source: Path
     pkg_log: Path
+    phone: FakePhone  # the fake Termux:API app: termux-job-scheduler's jobs
 
     @property
     def env(self) -> dict[str, str]:
         return install_environ(
             HOME=str(self.home), PATH=f"{self.bin}{os.pathsep}/usr/bin{os.pathsep}/bin",
+            FAKE_TERMUX_DIR=str(self.phone.dir),
             SMSGW_PREFIX=str(self.prefix), SMSGW_SOURCE=str(self.source),
             # pip's cache outside HOME, so HOME holds only what the installer put there.
             PIP_CACHE_DIR=str(self.root / "pip-cache"))
@@ -134,10 +138,13 @@ def make_fake_termux(root: Path) -> FakeTermux:
         f'    for name in {stubs}; do\n'
         '        printf "#!/bin/sh\\nexit 0\\n" > "$PREFIX/bin/$name"\n'
         '        chmod 755 "$PREFIX/bin/$name"\n'
-        "    done;;\n"
+        "    done\n"
+        '    printf "#!/bin/sh\\nexec %s \\"\\$@\\"\\n" '
+        f'"{FakePhone.bin_dir / "termux-job-scheduler"}" > "$PREFIX/bin/termux-job-scheduler"\n'
+        '    chmod 755 "$PREFIX/bin/termux-job-scheduler";;\n'
         "esac\n", encoding="utf-8")
     pkg.chmod(0o755)
-    return FakeTermux(root, prefix, home, bin_dir, source, pkg_log)
+    return FakeTermux(root, prefix, home, bin_dir, source, pkg_log, FakePhone(root / "phone"))
 
 
 @dataclass
@@ -146,6 +153,7 @@ class Installed:
     first: subprocess.CompletedProcess[str]
     first_state: Snapshot
     first_pkg_calls: list[str]
+    first_jobs: dict[int, dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +163,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     for name in TERMUX_API_STUBS:
         assert shutil.which(name, path=fake.env["PATH"]) is None, name
     first = fake.install(DASH or "sh")
-    return Installed(fake, first, fake.state(), fake.pkg_calls())
+    return Installed(fake, first, fake.state(), fake.pkg_calls(), fake.phone.jobs())
 
 
 @dataclass
@@ -164,6 +172,8 @@ class Reinstalled:
     second: subprocess.CompletedProcess[str]
     after: Snapshot
     pkg_calls: list[str]
+    jobs: dict[int, dict[str, Any]]
+    job_calls: list[list[str]]
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +185,10 @@ def reinstalled(installed: Installed) -> Reinstalled:
     fake.path("home/.termux/boot/smsgw").write_text(EDITED, encoding="utf-8")
     fake.path("prefix/var/service/smsgw/down").unlink()
     before = fake.state()
+    fake.phone.reset_calls()
     second = fake.install("sh", piped=True)
-    return Reinstalled(before, second, fake.state(), fake.pkg_calls())
+    return Reinstalled(before, second, fake.state(), fake.pkg_calls(), fake.phone.jobs(),
+                       [c["argv"] for c in fake.phone.calls("termux-job-scheduler")])
 
 
 # the first install -----------------------------------------------------------------------
@@ -244,6 +256,16 @@ def test_first_install_shows_the_next_steps(installed: Installed) -> None:
         assert step in out, step
 
 
+def test_first_install_registers_the_watchdog_job(installed: Installed) -> None:
+    watchdog = installed.fake.path("home/.termux/watchdog/smsgw-watchdog")
+    jobs = installed.first_jobs
+    assert list(jobs) == [7674], jobs
+    job = jobs[7674]
+    assert job["script"] == str(watchdog)
+    assert job["period_ms"] == 900_000 and job["persisted"] is True
+    assert "registered the watchdog (termux-job-scheduler job 7674" in installed.first.stdout
+
+
 # running it again --------------------------------------------------------------------------
 def test_second_run_changes_nothing_but_keeps_the_edited_files(
         installed: Installed, reinstalled: Reinstalled) -> None:
@@ -263,6 +285,13 @@ def test_second_run_changes_nothing_but_keeps_the_edited_files(
     # The service the user enabled stays enabled: no new `down` file.
     assert str(installed.fake.path("prefix/var/service/smsgw/down")) not in added
     assert "installed " not in proc.stdout
+
+
+def test_second_run_keeps_one_watchdog_job(installed: Installed,
+                                          reinstalled: Reinstalled) -> None:
+    assert reinstalled.jobs == installed.first_jobs  # the same one job, not a second
+    assert reinstalled.job_calls == [["--pending"]]  # it saw the job; scheduled nothing
+    assert "watchdog" not in reinstalled.second.stdout
 
 
 def test_second_run_does_not_call_pkg_again(installed: Installed,

@@ -1,5 +1,6 @@
 """smsgw against what real peers do: the reference webapp in cht-core and PHP-class flavours
-over real HTTP, and the fake termux-api executables (see ../shared/PROTOCOL.md, TERMUX.md).
+over real HTTP, and the fake termux-api executables (see README.md, *Works with*,
+and tests/fakes/README.md).
 
 Each test here failed before the fix it names: a whole PHP-class answer refused for one raw
 tab, a webapp id `local-1` taken for one of `smsgw send`'s, a text trimmed to nothing

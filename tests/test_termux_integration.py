@@ -335,7 +335,7 @@ def test_run_without_the_termux_api_commands(smsgw: Smsgw, webapp: ReferenceWeba
 
 # doctor ------------------------------------------------------------------------------------
 ALL_CHECKS = {"termux-api commands", "Termux:API app", "SMS permission", "wake lock",
-              "Termux:Boot script", "runit service", "webapp", "sending limit"}
+              "Termux:Boot script", "runit service", "webapp", "sending limit", "watchdog job"}
 
 
 def run_doctor(smsgw: Smsgw, *extra: str) -> tuple[subprocess.CompletedProcess[str],
@@ -349,7 +349,7 @@ def test_doctor_normal_mode(smsgw: Smsgw) -> None:
     proc, checks = run_doctor(smsgw)
     assert set(checks) == ALL_CHECKS, proc.stdout
     failed = {name for name, (ok, _) in checks.items() if not ok}
-    assert failed == {"Termux:Boot script", "webapp"}, proc.stdout
+    assert failed == {"Termux:Boot script", "webapp", "watchdog job"}, proc.stdout
     assert "smsgw config --url" in checks["webapp"][1]
     assert "fix:" in checks["Termux:Boot script"][1]
     assert proc.returncode == ExitCode.ERROR
@@ -360,6 +360,11 @@ def test_doctor_all_good_when_boot_script_and_webapp_are_set(
         smsgw: Smsgw, webapp: ReferenceWebapp) -> None:
     smsgw.configure(webapp.url)
     write_exe(smsgw.user_home / ".termux" / "boot" / "smsgw", "#!/bin/sh\n")
+    watchdog = write_exe(smsgw.user_home / ".termux" / "watchdog" / "smsgw-watchdog",
+                         "#!/bin/sh\n")
+    subprocess.run(["termux-job-scheduler", "--job-id", "7674", "--script", str(watchdog),
+                    "--period-ms", "900000", "--persisted", "true"], env=smsgw.env,
+                   check=True, capture_output=True, timeout=TIMEOUT)
     proc, checks = run_doctor(smsgw)
     assert all(ok for ok, _ in checks.values()), proc.stdout
     assert checks["Termux:Boot script"][1] == str(smsgw.user_home / ".termux/boot/smsgw")

@@ -2,7 +2,7 @@
 
 There are no delivery reports and no send results: a send only hands the text to the
 phone, and what happened is learned later from the rows Android writes in its SMS
-provider (type sent, or failed). See ../shared/TERMUX.md.
+provider (type sent, or failed). See tests/fakes/README.md (the facts, with their sources).
 """
 
 from __future__ import annotations

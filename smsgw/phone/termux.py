@@ -3,7 +3,7 @@
 Every command goes through run_command(): an argument tuple (never a shell), its own
 process group, a timeout that kills the whole group (termux-api commands wait for the app
 with no timeout of their own), the SMS text only on stdin. The facts this is built on, and
-their sources, are in ../shared/TERMUX.md.
+their sources, are in tests/fakes/README.md.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ SMS_SEND = "termux-sms-send"
 SMS_LIST = "termux-sms-list"
 DEVICE_INFO = "termux-telephony-deviceinfo"
 WAKE_LOCK = "termux-wake-lock"
+JOB_SCHEDULER = "termux-job-scheduler"
 API_PACKAGE = "com.termux.api"
 
 RECEIVED_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -182,6 +183,12 @@ def wake_lock(timeout: float = 10.0) -> str | None:
         logger.warning("termux-wake-lock failed: %s", exc)
         return str(exc)
     return None
+
+
+def pending_jobs(timeout: float = 10.0) -> str:
+    """What `termux-job-scheduler --pending` prints (one `Pending Job ID: PATH ...` line per
+    job, or `No jobs found`). Raises PhoneError."""
+    return run_command((JOB_SCHEDULER, "--pending"), timeout=timeout)
 
 
 def android_setting(name: str, timeout: float = 10.0) -> str | None:

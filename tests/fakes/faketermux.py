@@ -133,6 +133,14 @@ class FakeTermux:
         """Show a notification for termux-notification-list."""
         return self.provider.notify(package, title, content)
 
+    # termux-job-scheduler ---------------------------------------------------------------
+    def jobs(self) -> dict[int, dict[str, Any]]:
+        """Pending jobs by id (`script`, `period_ms`, `persisted`, `network`, ...)."""
+        from .jobscheduler import Jobs
+
+        with self.provider.locked():
+            return Jobs(self.provider).load()
+
     # calls ----------------------------------------------------------------------------
     def calls(self, name: str | None = None) -> list[dict[str, Any]]:
         """Logged invocations (name, argv, stdin_len, time, pid), optionally of one command."""

@@ -17,7 +17,7 @@ Each command is modelled in two layers, because a phone can pair any version of 
                `_id` and `-t inbox` lists every row, before 0.51 no `address`.
 Between the two sits `am broadcast`: an `--ei` value Java's Integer.decode refuses, or a word
 split where the script pastes a value unquoted, makes am fail, nothing connects back, and the
-command hangs. The facts and their sources are in ../shared/TERMUX.md and README.md here.
+command hangs. The facts and their sources are in README.md here.
 This module must not import smsgw: it is the phone, not the gateway.
 """
 
@@ -1075,6 +1075,10 @@ def main(name: str, argv: list[str]) -> int:
             return sms_list(p, call, argv, modes)
         if name == SEND_NAME:
             return sms_send(p, call, argv, modes)
+        if name == "termux-job-scheduler":
+            from jobscheduler import main as job_scheduler
+
+            return job_scheduler(p, call, argv, modes)
         call.log()
         if name == "pm":
             return pm(argv, modes)
