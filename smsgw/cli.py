@@ -76,9 +76,13 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def _private_log_handler(path: Any) -> logging.Handler:
+def _private_log_handler(path: Any, rotate: bool = True) -> logging.Handler:
     """A RotatingFileHandler whose files are opened 0600 and never through a link (the log
-    holds SMS text and numbers; a rotated file would otherwise follow the umask)."""
+    holds SMS text and numbers; a rotated file would otherwise follow the umask).
+
+    Without `rotate` it only appends: a command that logs a line or two beside a running
+    daemon must not rotate the file under it (two processes rotating one log lose lines).
+    """
     from logging.handlers import RotatingFileHandler
 
     from .config import open_private
@@ -89,13 +93,15 @@ def _private_log_handler(path: Any) -> logging.Handler:
             os.fchmod(fd, 0o600)
             return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
 
-    return PrivateRotatingFileHandler(path, maxBytes=1_000_000, backupCount=3,
-                                      encoding="utf-8")
+    return PrivateRotatingFileHandler(path, maxBytes=1_000_000 if rotate else 0,
+                                      backupCount=3, encoding="utf-8")
 
 
 def setup_logging(paths: Paths, debug: bool, console: bool, url: str | None) -> None:
     """Event log: a rotating file (0600), plus stderr for foreground commands. Each line
-    starts with its time in UTC (`2026-12-07T09:00:00Z INFO ...`, see eventlog.py)."""
+    starts with its time in UTC (`2026-12-07T09:00:00Z INFO ...`, see eventlog.py).
+    Without `console` (a command run beside the daemon) the file is appended to, never
+    rotated: the daemon rotates it."""
     import time
 
     from .eventlog import LINE_FORMAT, TIME_FORMAT
@@ -108,7 +114,7 @@ def setup_logging(paths: Paths, debug: bool, console: bool, url: str | None) -> 
     fmt = OneLineFormatter(LINE_FORMAT, TIME_FORMAT)
     fmt.converter = time.gmtime
     secret_filter = SecretFilter(url)
-    handler = _private_log_handler(paths.log_file)
+    handler = _private_log_handler(paths.log_file, rotate=console)
     handlers: list[logging.Handler] = [handler]
     if console:
         stream = logging.StreamHandler(sys.stderr)

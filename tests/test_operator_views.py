@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from fakes import FakeTermux
-from runner import REPO, TIMEOUT, SmsgwRunner
+from runner import REPO, TIMEOUT, SmsgwRunner, wait_for
 
 from smsgw.config import Settings
 from smsgw.errors import ExitCode
@@ -176,6 +176,31 @@ def test_log_reads_the_rotated_files_oldest_first_and_filters_them(
 
     helped = ok(smsgw("log", "--help"))
     assert "-n INTEGER" in helped and "last N lines" in " ".join(helped.split())
+
+
+def test_log_follow_shows_new_events_it_keeps_and_follows_the_rotation(
+        smsgw: SmsgwRunner, tmp_path: Path) -> None:
+    stamp = now_utc().strftime("%Y-%m-%dT%H:%M:%SZ")
+    write_log(smsgw.log_file, [f"{stamp} INFO message f-1: new -> UNSENT"])
+    out = tmp_path / "follow.out"
+    proc = smsgw.popen("log", "-f", "--id", "f-1", out=out)
+    try:
+        wait_for(lambda: "new -> UNSENT" in out.read_text(), TIMEOUT, "the last line")
+        with open(smsgw.log_file, "a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} INFO message f-2: new -> UNSENT\n")
+            fh.write(f"{stamp} INFO message f-1: UNSENT -> SENDING\n")
+        wait_for(lambda: "UNSENT -> SENDING" in out.read_text(), TIMEOUT, "a new line")
+        smsgw.log_file.rename(smsgw.home / "smsgw.log.1")
+        write_log(smsgw.log_file, [f"{stamp} INFO message f-1: SENDING -> PENDING"])
+        wait_for(lambda: "SENDING -> PENDING" in out.read_text(), TIMEOUT,
+                 "the first line of the new file")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=TIMEOUT)
+    assert out.read_text().splitlines() == [
+        f"{stamp} INFO message f-1: new -> UNSENT",
+        f"{stamp} INFO message f-1: UNSENT -> SENDING",
+        f"{stamp} INFO message f-1: SENDING -> PENDING"]
 
 
 # status ------------------------------------------------------------------------------------
