@@ -216,8 +216,8 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
     lines.append(f"outgoing:      {out or 'empty'}")
     for r in q["retrying"][:5]:
         lines.append(f"  retrying {printable(r['id'])} to {printable(r['to'])}: retry "
-                     f"#{r['retries']} {fmt_time(r['next_try'], now)}"
-                     + (f" ({printable(r['reason'])})" if r["reason"] else ""))
+                     f"#{r['retries']} due {fmt_time(r['next_try'], now)}"
+                     + (f"; last try: {printable(r['reason'])}" if r["reason"] else ""))
     if len(q["retrying"]) > 5:
         lines.append(f"  ... and {len(q['retrying']) - 5} more retrying (smsgw messages "
                      "--state UNSENT)")

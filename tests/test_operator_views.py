@@ -249,8 +249,9 @@ def test_retrying_messages_show_with_their_next_try(
 
     text = smsgw("status").stdout
     assert re.search(r"outgoing: +retrying 1 \(oldest", text), text
-    assert re.search(r"retrying r-1 to \+15551230009: retry #1 \d{4}-\d\d-\d\d "
-                     r"\d\d:\d\d:\d\d UTC \(in \d+s\) \(the phone recorded", text), text
+    assert re.search(r"retrying r-1 to \+15551230009: retry #1 due \d{4}-\d\d-\d\d "
+                     r"\d\d:\d\d:\d\d UTC \(in \d+s\); last try: the phone recorded", text), \
+        text
 
 
 def test_counters_count_sent_parts_received_and_survive_archive_retention(
