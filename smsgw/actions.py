@@ -93,6 +93,7 @@ def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
     if changed:
         save_settings(paths, new)
         result.out.append(f"saved to {paths.config_file}")
+        _log_changes(current, new)
     store = store_of()
     if since is not None:
         store.set_forward_since(since, now)
@@ -117,6 +118,18 @@ def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
     result.out += [f"{key:<{width}}  {'-' if value is None else value}"
                    for key, value in shown.items()]
     return result
+
+
+def _log_changes(old: Settings, new: Settings) -> None:
+    """One line of the event log for each setting changed, the URL redacted."""
+    before, after = old.to_dict(), new.to_dict()
+    for name, value in after.items():
+        if value != before.get(name):
+            was = before.get(name)
+            if name == "url":
+                was, value = redact_url(was), redact_url(value)
+            logger.info("config: %s changed: %s -> %s (%s)", name, was, value,
+                        _OPTION_OF.get(name, name))
 
 
 def _handshake(settings: Settings) -> None:
@@ -166,7 +179,9 @@ def status(paths: Paths, settings: Settings, store: Store, now: datetime,
         "queues": {"outgoing": summary["outgoing"], "incoming": summary["incoming"],
                    "updates_queued": summary["updates_queued"],
                    "oldest_waiting": summary["oldest_waiting"],
-                   "next_retry": summary["next_retry"]},
+                   "next_retry": summary["next_retry"],
+                   "by_state": summary["by_state"], "retrying": summary["retrying"]},
+        "counters": summary["counters"],
         "last_failures": summary["last_failures"],
         "phone": {"last_error": summary["phone_error"],
                   "notification_watcher": summary["watcher"]},
@@ -194,23 +209,41 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
     lines.append(f"last exchange: {fmt_time(w['last_exchange_ok'], now)}")
     if w["last_error"]:
         err = w["last_error"]
-        said = f" — webapp said: {err['message']}" if err.get("message") else ""
+        message = err.get("message")
+        # the error text often holds the webapp's words already: never say them twice
+        said = f" — webapp said: {message}" if message and message not in err["text"] else ""
         mark = "FAILING" if w["failing"] else "earlier"
         lines.append(f"last error:    [{mark}] {fmt_time(err['at'], now)}: "
                      f"{printable(err['text'])}{printable(said)}")
     q = d["queues"]
-    out = ", ".join(f"{k} {v}" for k, v in q["outgoing"].items() if v) or "empty"
-    lines.append(f"outgoing:      {out}")
+    groups = q["by_state"]
+    order = ["UNSENT", "RETRYING", "SENDING", "PENDING", "SENT", "DELIVERED", "FAILED"]
+    out = ", ".join(f"{'retrying' if k == 'RETRYING' else k} {groups[k]['count']} (oldest "
+                    f"{_age(groups[k]['oldest_since'], now)})" for k in order if k in groups)
+    lines.append(f"outgoing:      {out or 'empty'}")
+    for r in q["retrying"][:5]:
+        lines.append(f"  retrying {printable(r['id'])} to {printable(r['to'])}: retry "
+                     f"#{r['retries']} due {fmt_time(r['next_try'], now)}"
+                     + (f"; last try: {printable(r['reason'])}" if r["reason"] else ""))
+    if len(q["retrying"]) > 5:
+        lines.append(f"  ... and {len(q['retrying']) - 5} more retrying (smsgw messages "
+                     "--state UNSENT)")
     inc = q["incoming"]
     aside = f"; {inc['SET_ASIDE']} set aside" if inc.get("SET_ASIDE") else ""
     lines.append(f"incoming:      {inc.get('WAITING', 0)} waiting for the webapp{aside}; "
-                 f"{q['updates_queued']} status updates queued")
+                 f"{_plural(q['updates_queued'], 'status update')} queued")
     if q["oldest_waiting"]:
         o = q["oldest_waiting"]
         lines.append(f"oldest unsent: {printable(o['id'])} to {printable(o['to'])} since "
                      f"{fmt_time(o['since'], now)}")
     if q["next_retry"]:
         lines.append(f"next retry:    {fmt_time(q['next_retry'], now)}")
+    c = d["counters"]
+    lines.append(f"counts (UTC):  {'today':>9} {'7 days':>9} {'all time':>9}")
+    for key, label in (("sent", "sent"), ("failed", "failed"), ("received", "received"),
+                       ("parts", "SMS parts"), ("phone_errors", "phone errors")):
+        lines.append(f"  {label:<12} {c['today'][key]:>9} {c['last_7_days'][key]:>9} "
+                     f"{c['all_time'][key]:>9}")
     r = d["rate"]
     lines.append(f"rate:          {r['parts_last_minute']}/{r['max_parts_per_minute']} SMS parts "
                  "in the last minute")
@@ -238,6 +271,111 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
                          f"{printable(f['reason'])}")
     lines.append("status:        " + ("healthy" if d["healthy"] else "UNHEALTHY"))
     return "\n".join(lines)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _age(iso: str, now: datetime) -> str:
+    """How long ago a stored time was: 45s, 12 min, 3 h, 2 days."""
+    secs = max(0, int((now - datetime.fromisoformat(iso)).total_seconds()))
+    return (f"{secs}s" if secs < 120 else f"{secs // 60} min" if secs < 7200
+            else f"{secs // 3600} h" if secs < 172800 else f"{secs // 86400} days")
+
+
+def stats(store: Store, now: datetime, *, days: int, week: bool, form: str) -> Outcome:
+    """`smsgw stats`: per UTC day (or ISO week) of the last `days` days, messages SENT and
+    FAILED, SMS received, SMS parts of the messages sent, and the median time from arrival
+    to SENT; from the archive and the queues, each message once. `form` is table, csv or
+    json."""
+    import csv
+    import io
+    import json
+    import statistics
+    from datetime import timedelta
+
+    from .segment import count_parts
+
+    today = now.astimezone(timezone.utc).date()
+    first = today - timedelta(days=days - 1)
+
+    def key(day: Any) -> str:
+        if not week:
+            return str(day.isoformat())
+        year, number, _ = day.isocalendar()
+        return f"{year}-W{number:02d}"
+
+    keys = list(dict.fromkeys(key(first + timedelta(days=n)) for n in range(days)))
+    rows: dict[str, dict[str, Any]] = {k: {"sent": 0, "failed": 0, "received": 0,
+                                           "sms_parts": 0, "waits": []} for k in keys}
+
+    def row(at: datetime) -> dict[str, Any] | None:
+        day = at.astimezone(timezone.utc).date()
+        return rows[key(day)] if first <= day <= today else None
+
+    every = store.messages(now, 10**9)
+    for msg in every.outgoing:
+        for h in msg.history:
+            r = row(h.at)
+            if r is None:
+                continue
+            if h.state == "SENT":
+                r["sent"] += 1
+                r["sms_parts"] += sum(count_parts(p.text) for p in msg.parts) \
+                    if msg.parts else count_parts(msg.content)
+                r["waits"].append((h.at - msg.created).total_seconds())
+            elif h.state == "FAILED":
+                r["failed"] += 1
+    for inc in every.incoming:
+        r = row(inc.stored)
+        if r is not None:
+            r["received"] += 1
+    label = "week" if week else "day"
+    names = ("sent", "failed", "received", "sms_parts")
+
+    def finish(k: str, r: dict[str, Any]) -> dict[str, Any]:
+        waits = r["waits"]
+        return {label: k, **{n: r[n] for n in names},
+                "median_seconds_to_sent": round(statistics.median(waits), 1) if waits else None}
+
+    table = [finish(k, r) for k, r in rows.items()]
+    total = finish("total", {**{n: sum(r[n] for r in rows.values()) for n in names},
+                             "waits": [w for r in rows.values() for w in r["waits"]]})
+    retention = store.retention.days
+    if form == "json":
+        data = {"by": label, "from": first.isoformat(), "to": today.isoformat(),
+                "rows": table, "total": total, "archive_retention_days": retention}
+        return Outcome(out=[json.dumps(data, indent=2)], data=data)
+    if form == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow([label, *names, "median_seconds_to_sent"])
+        for r in table:
+            writer.writerow([r[label], *(r[n] for n in names),
+                             "" if r["median_seconds_to_sent"] is None
+                             else r["median_seconds_to_sent"]])
+        return Outcome(out=buf.getvalue().splitlines())
+    width = max(len(label), *(len(r[label]) for r in table), len("total"))
+    out = [f"{label + ' (UTC)':<{width + 6}}{'sent':>8}{'failed':>8}{'received':>10}"
+           f"{'SMS parts':>11}  median to SENT"]
+    for r in [*table, total]:
+        wait = r["median_seconds_to_sent"]
+        out.append(f"{r[label]:<{width + 6}}{r['sent']:>8}{r['failed']:>8}{r['received']:>10}"
+                   f"{r['sms_parts']:>11}  {'-' if wait is None else _duration(wait)}")
+    if days > retention:
+        out.append(f"(the archive keeps {retention} days: older days count only messages "
+                   "still queued)")
+    return Outcome(out=out)
+
+
+def _duration(seconds: float) -> str:
+    """A median wait for people: 42 s, 3.5 min, 2.0 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 # send / retry ------------------------------------------------------------------------------

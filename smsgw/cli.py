@@ -75,9 +75,13 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def _private_log_handler(path: Any) -> logging.Handler:
+def _private_log_handler(path: Any, rotate: bool = True) -> logging.Handler:
     """A RotatingFileHandler whose files are opened 0600 and never through a link (the log
-    holds SMS text and numbers; a rotated file would otherwise follow the umask)."""
+    holds SMS text and numbers; a rotated file would otherwise follow the umask).
+
+    Without `rotate` it only appends: a command that logs a line or two beside a running
+    daemon must not rotate the file under it (two processes rotating one log lose lines).
+    """
     from logging.handlers import RotatingFileHandler
 
     from .config import open_private
@@ -88,20 +92,28 @@ def _private_log_handler(path: Any) -> logging.Handler:
             os.fchmod(fd, 0o600)
             return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
 
-    return PrivateRotatingFileHandler(path, maxBytes=1_000_000, backupCount=3,
-                                      encoding="utf-8")
+    return PrivateRotatingFileHandler(path, maxBytes=1_000_000 if rotate else 0,
+                                      backupCount=3, encoding="utf-8")
 
 
 def setup_logging(paths: Paths, debug: bool, console: bool, url: str | None) -> None:
-    """Event log: a rotating file (0600), plus stderr for foreground commands."""
+    """Event log: a rotating file (0600), plus stderr for foreground commands. Each line
+    starts with its time in UTC (`2026-12-07T09:00:00Z INFO ...`, see eventlog.py).
+    Without `console` (a command run beside the daemon) the file is appended to, never
+    rotated: the daemon rotates it."""
+    import time
+
+    from .eventlog import LINE_FORMAT, TIME_FORMAT
+
     paths.ensure()
     root = logging.getLogger("smsgw")
     root.handlers.clear()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
-    fmt = OneLineFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    fmt = OneLineFormatter(LINE_FORMAT, TIME_FORMAT)
+    fmt.converter = time.gmtime
     secret_filter = SecretFilter(url)
-    handler = _private_log_handler(paths.log_file)
+    handler = _private_log_handler(paths.log_file, rotate=console)
     handlers: list[logging.Handler] = [handler]
     if console:
         stream = logging.StreamHandler(sys.stderr)
@@ -125,6 +137,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     It speaks the medic-gateway protocol (cht-gateway / SMSGateway app) over HTTP and drives
     the phone through Termux:API. Start with `smsgw doctor` and `smsgw config --url URL`.
+
+    \b
+    Exit codes:
+      0  success (status: healthy)
+      1  error (the message says what to do)
+      2  wrong usage (an unknown option, a missing argument)
+      3  no daemon is running (status, hook)
+      4  the last exchange with the webapp failed (status, run --once)
+      5  no such message id (retry)
+      6  the message is not in a state for this (retry: not FAILED)
+      7  a daemon is already running for this state folder (run)
     """
     ctx.obj = Ctx(debug)
 
@@ -187,7 +210,10 @@ _FLAG_OPTIONS = {"cdma": "cdma_mode", "cdma_prefix": "cdma_prefix",
 @pass_ctx
 def config(c: Ctx, url: str | None, url_file: str | None, no_check: bool,
            forward_since: str | None, **options: Any) -> None:
-    """Set or show the settings. With no option, print them (password as ***)."""
+    """Set or show the settings. With no option, print them (password as ***).
+
+    Each change is written to the event log (smsgw log), the URL's password as ***.
+    """
     from . import actions
     from .config import read_url_argument, read_url_file
     from .models import utcnow
@@ -209,6 +235,10 @@ def config(c: Ctx, url: str | None, url_file: str | None, no_check: bool,
              if options[name] is not None}
     flags = {setting: options[name] for name, setting in _FLAG_OPTIONS.items()
              if options[name] is not None}
+    saved_url = None
+    with contextlib.suppress(Error):  # a damaged file is reported by configure itself
+        saved_url = c.settings.url
+    setup_logging(c.paths, c.debug, console=False, url=url or saved_url)
     _print(actions.configure(c.paths, c.store, url=url, check=not no_check, texts=texts,
                              flags=flags, forward_since=forward_since, now=utcnow()))
 
@@ -218,7 +248,9 @@ def config(c: Ctx, url: str | None, url_file: str | None, no_check: bool,
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def status(c: Ctx, as_json: bool) -> None:
-    """Health at a glance, from local state only (no network, no phone calls).
+    """Health at a glance, from local state only (no network, no phone calls): the
+    daemon, the webapp, the queues by state, retries and their next try, what was sent,
+    failed and received today / in 7 days / in all, the rate budget, phone errors.
 
     Exit status: 0 healthy, 3 daemon not running, 4 last exchange with the webapp failed.
     """
@@ -291,38 +323,47 @@ def messages(c: Ctx, states: tuple[str, ...], number: str | None, direction: str
 # log ---------------------------------------------------------------------------
 @cli.command("log")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-@click.option("-n", "lines", default=50, show_default=True, type=click.IntRange(0, 100000))
+@click.option("-n", "lines", default=50, show_default=True, type=click.IntRange(0, 100000),
+              help="Show the last N lines (of those the other options keep).")
+@click.option("--since", metavar="WHEN",
+              help="Only events since WHEN: a duration ago (2h, 30m, 1d) or a date or "
+                   "date and time in UTC (2026-12-07, 2026-12-07T09:00).")
+@click.option("--id", "msg_id", metavar="ID", help="Only lines naming this message.")
+@click.option("--level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+                                           case_sensitive=False),
+              help="Only events of this level and above (WARNING: warnings and errors).")
 @pass_ctx
-def log_cmd(c: Ctx, follow: bool, lines: int) -> None:
-    """Show the event log."""
-    import time
-    from collections import deque
+def log_cmd(c: Ctx, follow: bool, lines: int, since: str | None, msg_id: str | None,
+            level: str | None) -> None:
+    """Show the event log: what the gateway and the operator did, one event a line, in
+    UTC, with the message id. Reads the rotated files too (smsgw.log.3 .. smsgw.log)."""
+    from .eventlog import Filter, parse_since, show
+    from .models import utcnow
 
-    path = c.paths.log_file
-    if not path.exists():
-        raise UserError(f"no log yet ({path}); it starts with `smsgw run`")
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in deque(fh, maxlen=lines) if lines else []:
-            click.echo(line.rstrip("\n"))
-        if not follow:
-            return
-        inode = os.fstat(fh.fileno()).st_ino
-        try:
-            while True:
-                line = fh.readline()
-                if line:
-                    click.echo(line.rstrip("\n"))
-                    continue
-                time.sleep(0.5)
-                try:
-                    if os.stat(path).st_ino != inode:  # rotated
-                        fh.close()
-                        fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
-                        inode = os.fstat(fh.fileno()).st_ino
-                except FileNotFoundError:
-                    pass
-        except KeyboardInterrupt:
-            pass
+    wanted = Filter(since=parse_since(since, utcnow()) if since else None, msg_id=msg_id,
+                    level=level)
+    show(c.paths.log_file, lines, wanted, follow, click.echo)
+
+
+# stats ---------------------------------------------------------------------------
+@cli.command()
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 3660),
+              help="How many UTC days back, today included.")
+@click.option("--week", is_flag=True, help="One row a week (ISO weeks) instead of a day.")
+@click.option("--csv", "as_csv", is_flag=True, help="Comma-separated values.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def stats(c: Ctx, days: int, week: bool, as_csv: bool, as_json: bool) -> None:
+    """Messages sent and failed, SMS received, SMS parts sent (what airtime costs) and the
+    median time from arrival to SENT, per UTC day or week, from the archive (kept
+    `retention_days`) and the queues."""
+    from . import actions
+    from .models import utcnow
+
+    if as_csv and as_json:
+        raise click.UsageError("give --csv or --json, not both")
+    _print(actions.stats(c.store(), utcnow(), days=days, week=week,
+                         form="csv" if as_csv else "json" if as_json else "table"))
 
 
 # send / retry / hook -------------------------------------------------------------
@@ -335,6 +376,7 @@ def send(c: Ctx, number: str, text: str) -> None:
     from . import actions
     from .models import utcnow
 
+    setup_logging(c.paths, c.debug, console=False, url=c.settings.url)
     _print(actions.send(c.paths, c.store(), number, text, utcnow()))
 
 
@@ -353,6 +395,7 @@ def retry_cmd(c: Ctx, ids: tuple[str, ...], all_failed: bool) -> None:
 
     if not ids and not all_failed:
         raise click.UsageError("name message ids, or use --failed")
+    setup_logging(c.paths, c.debug, console=False, url=c.settings.url)
     _print(actions.retry(c.paths, c.store(), list(ids), all_failed, utcnow()))
 
 
@@ -388,7 +431,10 @@ def _print(outcome: Any) -> None:
 @cli.command()
 @pass_ctx
 def hook(c: Ctx) -> None:
-    """Wake the running daemon for an immediate cycle (for Termux:Tasker on SMS received)."""
+    """Wake the running daemon for an immediate cycle (for Termux:Tasker on SMS received).
+
+    Exit status: 0 woken, 3 no daemon is running.
+    """
     from .daemon import wake
 
     pid = wake(c.paths)
@@ -444,7 +490,11 @@ def build_phone(kind: str, settings: Settings, state_dir: Any = None) -> Any:
 @pass_ctx
 def run(c: Ctx, phone_kind: str, url: str | None, once: bool, interval: int | None,
         max_cycles: int | None) -> None:
-    """Run the gateway in the foreground (as runit and Termux:Boot expect)."""
+    """Run the gateway in the foreground (as runit and Termux:Boot expect).
+
+    Exit status: 0 stopped cleanly; with --once, 4 when the exchange with the webapp
+    failed and 1 on another error; 7 when a daemon already runs for this state folder.
+    """
     from . import actions
 
     if url:

@@ -11,7 +11,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .config import Settings
@@ -179,10 +179,18 @@ def _verdict(echo: Callable[[str], None], webapp: ReferenceWebapp, phone: Simula
                                      ("id", "from", "content", "sms_sent", "sms_received"))
         ok &= fields
         echo(f"  {'✓' if fields else '✗'} SMS from {sender} reached the webapp"
-             + (f" as {match[0]['id']} (received {match[0]['sms_received']} ms)" if match else ""))
+             + (f" as {match[0]['id']} (received {_when(match[0]['sms_received'])})"
+                if match else ""))
     echo("")
     echo("demo complete: every promise held" if ok else "demo FAILED: see the ✗ lines above")
     return 0 if ok else 1
+
+
+def _when(ms: object) -> str:
+    """The protocol's milliseconds since the epoch as a UTC time for people."""
+    if not isinstance(ms, int) or isinstance(ms, bool):
+        return repr(ms)
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _reason(webapp: ReferenceWebapp, msg_id: str, status: str) -> str:

@@ -411,8 +411,12 @@ class Gateway:
         else:
             # With some parts handed over, a failed one is retried once they are settled.
             u.transition(msg, OutState.PENDING)
-            logger.info("message %s to %s handed to the phone (%d part%s)", msg.id, msg.to,
-                        len(job.texts), "" if len(job.texts) == 1 else "s")
+            # SMS parts, what the network counts (and bills), not the sends: a long text
+            # is one send of several parts; a CDMA part is one send of one
+            sms = sum(segment.count_parts(text) for i, text in job.texts
+                      if job.outcome.get(i) is PartState.PENDING)
+            logger.info("message %s to %s handed to the phone (%d SMS part%s)", msg.id,
+                        msg.to, sms, "" if sms == 1 else "s")
 
     def _failed_try(self, u: Unit, msg: Outgoing, cause: str, report: CycleReport) -> None:
         """A try failed: schedule the protocol's retry, or give up after 20."""

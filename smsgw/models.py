@@ -363,3 +363,80 @@ class Failure:
     to: str
     reason: str | None
     at: datetime
+
+
+# UTC days kept one by one beside the records; older days are folded into one total, so
+# the all-time counts survive archive retention and the state stays small.
+COUNTED_DAYS = 7
+COUNT_NAMES = ("sent", "failed", "received", "parts", "phone_errors")
+
+
+# NamedTuples, not dataclasses: `smsgw status` imports this module, and a dataclass costs
+# about ten times as much to define.
+class Tally(NamedTuple):
+    """What happened in some span: messages SENT and FAILED, SMS received, SMS parts of
+    the messages sent (what airtime costs), errors from the phone."""
+
+    sent: int = 0
+    failed: int = 0
+    received: int = 0
+    parts: int = 0
+    phone_errors: int = 0
+
+    def plus(self, other: Tally) -> Tally:
+        return Tally(*(a + b for a, b in zip(self, other, strict=True)))
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(zip(COUNT_NAMES, self, strict=True))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Tally:
+        return cls(*(int(d.get(n) or 0) for n in COUNT_NAMES))
+
+
+class Counters(NamedTuple):
+    """Counts by UTC day for the last COUNTED_DAYS days, and the total of every day before
+    (owner: the store, which counts in the unit of work that makes the change)."""
+
+    days: tuple[tuple[str, Tally], ...] = ()  # (UTC date, counts), oldest first
+    before: Tally = Tally()
+
+    def add(self, now: datetime, **counts: int) -> Counters:
+        """These counts added to `now`'s UTC day; days out of the window folded."""
+        today = now.astimezone(timezone.utc).date()
+        day = today.isoformat()
+        days = dict(self.days)
+        days[day] = days.get(day, Tally()).plus(Tally(**counts))
+        first = (today - timedelta(days=COUNTED_DAYS - 1)).isoformat()
+        before = self.before
+        # a day ahead of today (the clock went back) is folded too: counts are never lost
+        for d in [d for d in days if d < first or d > day]:
+            before = before.plus(days.pop(d))
+        return Counters(tuple(sorted(days.items())), before)
+
+    def since(self, now: datetime, days: int) -> Tally:
+        """The counts of the `days` UTC days ending with `now`'s (at most COUNTED_DAYS)."""
+        today = now.astimezone(timezone.utc).date()
+        first = (today - timedelta(days=days - 1)).isoformat()
+        total = Tally()
+        for day, tally in self.days:
+            if first <= day <= today.isoformat():
+                total = total.plus(tally)
+        return total
+
+    def total(self) -> Tally:
+        """Every count ever made."""
+        total = self.before
+        for _, tally in self.days:
+            total = total.plus(tally)
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"days": {d: t.to_dict() for d, t in self.days},
+                "before": self.before.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Counters:
+        d = d or {}
+        return cls(tuple(sorted((k, Tally.from_dict(v)) for k, v in d.get("days", {}).items())),
+                   Tally.from_dict(d.get("before") or {}))

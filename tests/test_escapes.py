@@ -15,7 +15,7 @@ from smsgw.testserver import ReferenceWebapp
 pytestmark = pytest.mark.usefixtures("no_proxies")
 
 EVIL_ID = "m1\n2026-01-01 00:00:00 INFO message m1 sent (recorded by the phone)\x1b[2J"
-LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
 
 def test_printable_escapes_every_control_character() -> None:

@@ -183,6 +183,7 @@ class Store:
                 yield unit
                 unit.save()
                 db.storage.flush()
+                unit.announce()
             except BaseException:
                 self._cache.forget()  # TinyDB changed the parsed copy in place
                 raise
@@ -275,10 +276,12 @@ class Store:
                 stored.append(msg)
             if stored:
                 u.db.table("incoming").insert_multiple(m.to_dict() for m in stored)
+                u.count(received=len(stored))
             u._set("inbox_keys", recent[-RECENT_KEYS:])
             u._set("inbox_position", position)
-        for msg in stored:
-            logger.info("received SMS %s from %s stored", msg.id, msg.from_)
+        for msg in stored:  # the one line of each incoming SMS's state change
+            logger.info("received SMS %s from %s: new -> %s%s", msg.id, msg.from_,
+                        msg.state.value, f" ({msg.reason})" if msg.reason else "")
         return stored
 
     # exchange -------------------------------------------------------------
@@ -324,6 +327,8 @@ class Store:
                     {"state": InState.FORWARDED.value, "forwarded": to_iso(now)},
                     lambda d: d["id"] in ids,
                 )
+                for m in batch.incoming:
+                    u.note(logging.INFO, "received SMS %s: WAITING -> FORWARDED", m.id)
             if batch.update_ids:
                 self._drop_posted(u, batch)
             self._accept(u, offered, result)

@@ -23,6 +23,7 @@ from ..models import (
     OUT_MOVES,
     REPORT_RANK,
     REPORTED_STATES,
+    Counters,
     Failure,
     HistoryEntry,
     InState,
@@ -42,6 +43,14 @@ logger = logging.getLogger(__name__)
 HISTORY_LIMIT = 50
 FAILURES_KEPT = 10
 FAILED_HOURS = 24  # hours of FAILED counts kept for the health report
+
+
+def _sms_parts(msg: Outgoing) -> int:
+    """The SMS parts a message took (what airtime costs): each send's segments."""
+    from ..segment import count_parts  # only when a message is SENT: the daemon has it
+
+    return sum(count_parts(p.text) for p in msg.parts) if msg.parts else \
+        count_parts(msg.content)
 
 
 class Unit:
@@ -65,6 +74,7 @@ class Unit:
         self._new_updates: dict[str, dict[str, Any]] = {}  # by id: the newest only
         self._superseded: set[str] = set()  # ids whose queued update a newer one replaces
         self._queued_ids: set[str] | None = None  # ids with an update on disk
+        self._notes: list[tuple[int, str, tuple[Any, ...]]] = []
 
     # meta, for the store package only ------------------------------------------------
     def _get(self, key: str, default: Any = None) -> Any:
@@ -111,8 +121,24 @@ class Unit:
 
     @phone_problem.setter
     def phone_problem(self, problem: PhoneProblem | None) -> None:
+        if problem is not None:
+            self.count(phone_errors=1)
         self._set("phone_error", None if problem is None else
                   {"at": to_iso(problem.at), "text": problem.text})
+
+    @property
+    def counters(self) -> Counters:
+        """What happened, counted by UTC day and in all (owner: this unit, which counts
+        in the same write as the change it counts)."""
+        try:
+            return Counters.from_dict(self._get("counters"))
+        except (TypeError, ValueError, AttributeError):
+            logger.warning("the counters in the state are damaged: counting starts again")
+            return Counters()
+
+    def count(self, **counts: int) -> None:
+        """Add to today's counters (sent, failed, received, parts, phone_errors)."""
+        self._set("counters", self.counters.add(self.now, **counts).to_dict())
 
     @property
     def watcher(self) -> str | None:
@@ -245,13 +271,22 @@ class Unit:
         """Move a message to `state` as the transition table allows, keep its history, and
         queue the status the webapp should hear. An illegal move changes nothing."""
         check_move(OUT_MOVES, msg.state, state, f"message {msg.id}")
+        old = msg.state
         if msg.state is OutState.FAILED:
             self._set("last_failures", [f for f in self._get("last_failures", [])
                                         if f["id"] != msg.id])
         msg.state = state
-        self._record(msg, state, reason)
+        self._record(msg, state, reason, old)
 
-    def _record(self, msg: Outgoing, state: OutState, reason: str | None) -> None:
+    def _record(self, msg: Outgoing, state: OutState, reason: str | None,
+                old: OutState | None = None) -> None:
+        self.note(logging.WARNING if state is OutState.FAILED else logging.INFO,
+                  "message %s: %s -> %s%s", msg.id, old.value if old else "new", state.value,
+                  f" ({reason})" if reason else "")
+        if state is OutState.SENT:
+            self.count(sent=1, parts=_sms_parts(msg))
+        elif state is OutState.FAILED:
+            self.count(failed=1)
         msg.reason = reason
         msg.last_activity = self.now
         msg.history.append(HistoryEntry(state.value, self.now, reason))
@@ -288,6 +323,18 @@ class Unit:
         since = (self.now.astimezone(timezone.utc) - timedelta(hours=FAILED_HOURS - 1)
                  ).strftime("%Y-%m-%dT%H")
         return sum(n for hour, n in self._get("failed_hours", {}).items() if hour >= since)
+
+    # the event log ------------------------------------------------------------------
+    def note(self, level: int, fmt: str, *args: Any) -> None:
+        """A line for the event log, written once this unit is saved: the log tells
+        only changes that landed (one line for each state change of a message)."""
+        self._notes.append((level, fmt, args))
+
+    def announce(self) -> None:
+        """Write the lines noted in this unit (the Store calls it after saving)."""
+        for level, fmt, args in self._notes:
+            logger.log(level, fmt, *args)
+        self._notes.clear()
 
     # updates for the webapp ---------------------------------------------------------
     def _report(self, msg: Outgoing, state: OutState, reason: str | None) -> None:

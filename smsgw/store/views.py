@@ -27,6 +27,16 @@ def summary(store: Store, now: datetime) -> dict[str, Any]:
             counts[m.state.value] += 1
         waiting = [m for m in out if m.state is OutState.UNSENT]
         retries = [m.due for m in waiting if m.retries and m.due]
+        # by state, a retry waiting for its time apart from the first tries
+        groups: dict[str, list[Outgoing]] = {}
+        for m in out:
+            key = "RETRYING" if m.state is OutState.UNSENT and m.retries else m.state.value
+            groups.setdefault(key, []).append(m)
+        by_state = {key: {"count": len(ms), "oldest_since": to_iso(min(m.created for m in ms))}
+                    for key, ms in groups.items()}
+        retrying = sorted((m for m in waiting if m.retries),
+                          key=lambda m: (m.due or now, m.seq))
+        counters = u.counters
         phone = u.phone_problem
         last_ok = store.last_exchange_ok()
         return {
@@ -38,6 +48,13 @@ def summary(store: Store, now: datetime) -> dict[str, Any]:
                 {"id": waiting[0].id, "to": waiting[0].to,
                  "since": to_iso(waiting[0].created)} if waiting else None),
             "next_retry": to_iso(min(retries)) if retries else None,
+            "by_state": by_state,
+            "retrying": [{"id": m.id, "to": m.to, "retries": m.retries,
+                          "next_try": to_iso(m.due), "reason": m.reason}
+                         for m in retrying],
+            "counters": {"today": counters.since(now, 1).to_dict(),
+                         "last_7_days": counters.since(now, 7).to_dict(),
+                         "all_time": counters.total().to_dict()},
             "last_exchange_ok": to_iso(last_ok),
             "last_error": None if problem is None else {
                 "at": to_iso(problem.at), "text": problem.text, "status": problem.status,
