@@ -108,8 +108,7 @@ def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
             result.out.append("restart the daemon to apply: sv restart smsgw (or stop and "
                               "start smsgw run)")
     shown: dict[str, Any] = new.to_dict()
-    shown["url"] = redact_url(new.url)
-    shown["ping_url"] = redact_ping_url(new.ping_url)
+    shown.update({name: redact(shown[name]) for name, redact in _REDACTED.items()})
     start = store.forward_since(now)
     shown["forward_since"] = fmt_time(start) if start else None
     if os.environ.get("SMSGW_URL"):
@@ -120,14 +119,19 @@ def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
     return result
 
 
+# Settings that hold secrets, and how each is shown: in output and in the event log alike.
+_REDACTED = {"url": redact_url, "ping_url": redact_ping_url}
+
+
 def _log_changes(old: Settings, new: Settings) -> None:
     """One line of the event log for each setting changed, the URL redacted."""
     before, after = old.to_dict(), new.to_dict()
     for name, value in after.items():
         if value != before.get(name):
             was = before.get(name)
-            if name == "url":
-                was, value = redact_url(was), redact_url(value)
+            redact = _REDACTED.get(name)
+            if redact is not None:
+                was, value = redact(was), redact(value)
             logger.info("config: %s changed: %s -> %s (%s)", name, was, value,
                         _OPTION_OF.get(name, name))
 
