@@ -428,6 +428,33 @@ def doctor(c: Ctx, timeout: float) -> None:
     sys.exit(ExitCode.OK if ok else ExitCode.ERROR)
 
 
+# backup / restore ------------------------------------------------------------------
+@cli.command()
+@click.option("--list", "list_only", is_flag=True, help="List the backups, newest first.")
+@pass_ctx
+def backup(c: Ctx, list_only: bool) -> None:
+    """Back up the state now and print the file's path (the daemon takes one a day)."""
+    from . import actions
+    from .models import utcnow
+
+    _print(actions.backup(c.paths, list_only, utcnow()))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@pass_ctx
+def restore(c: Ctx, file: str) -> None:
+    """Put a backup FILE back as the state (the daemon must be stopped).
+
+    The current state file is kept beside it, and messages finished since the backup are
+    never sent again.
+    """
+    from . import actions
+    from .models import utcnow
+
+    _print(actions.restore(c.paths, file, utcnow()))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line per error, a traceback only with --debug."""
     args = sys.argv[1:] if argv is None else argv

@@ -516,6 +516,7 @@ class Gateway:
     def housekeeping(self, report: CycleReport) -> None:
         now = self.clock()
         self.store.archive_finished(now)
+        self.store.daily_backup(now)
         with self.store.unit(now) as u:
             if report.next_send is None:
                 report.next_send = u.next_retry()
