@@ -163,6 +163,15 @@ class Gateway:
         if abort is not None:
             abort()
 
+    def stop_now(self) -> None:
+        """Stop at once (a second stop signal): also end the phone call in progress; a send
+        it carried is recorded as awaiting the phone's record, never resent blindly.
+        Signal-safe."""
+        self.stop()
+        abort = getattr(self.phone, "abort", None)
+        if abort is not None:
+            abort()
+
     def _watch_clock(self) -> None:
         """Log and record a jump of the wall clock against the monotonic one."""
         now, mono = self.clock(), self.monotonic()
