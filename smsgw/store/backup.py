@@ -174,7 +174,11 @@ def restore(state_dir: Path, source: Path, now: datetime) -> Restored:
     The caller makes sure no daemon runs.
     """
     source = source.expanduser().absolute()
-    data = _load(source, "the backup")
+    try:
+        data = _load(source, "the backup")
+    except UserError as exc:
+        raise UserError(f"{exc}; nothing was changed (`smsgw backup --list` shows the "
+                        "backups)") from None
     target = state_dir / "state.json"
     with state_lock(state_dir):
         current = None

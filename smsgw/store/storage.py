@@ -20,7 +20,7 @@ from typing import Any
 from tinydb.storages import Storage
 
 from ..config import atomic_write_text
-from ..errors import StateError
+from ..errors import StateError, os_advice
 from ..models import InState, OutState, PartState
 
 STATE_VERSION = 2  # 2: `local` flag and `reported` status on outgoing records
@@ -96,9 +96,10 @@ class AtomicJSONStorage(Storage):
         try:
             atomic_write_text(self.path, json.dumps(data, separators=(",", ":")))
         except OSError as exc:
+            advice = os_advice(exc)
             raise StateError(
                 f"cannot save the state file {self.path}: {exc.strerror or exc}; "
-                "the previous state is intact"
+                "the previous state is intact" + (f"; {advice}" if advice else "")
             ) from None
         self.cache.put(_stat_key(self.path), data)
 
