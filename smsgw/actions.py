@@ -292,7 +292,8 @@ def run(paths: Paths, settings: Settings, store: Store, phone: Any, *, once: boo
     if settings.notification_watch and phone.name == "termux":
         from .watcher import NotificationWatcher
 
-        watcher = NotificationWatcher(store, timeout=settings.list_timeout)
+        watcher = NotificationWatcher(store, timeout=settings.list_timeout,
+                                      abort=getattr(phone, "call_abort", None))
         daemon.add_watcher(watcher.period, watcher.check)
     else:
         with store.unit(utcnow()) as u:  # no stale watcher state in `smsgw status`

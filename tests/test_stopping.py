@@ -142,3 +142,33 @@ def test_second_sigint_ends_a_stuck_send_at_once_and_it_is_never_resent(
     sends = [c["argv"][1] for c in fake_termux.calls("termux-sms-send")]
     assert sends == ["+254700000002", "+254700000003"], sends
     assert _state_of(smsgw, msg_id) == "SENDING"
+
+
+def test_second_sigint_ends_a_hung_notification_watcher_call(
+        tmp_path: Path, fake_termux: FakeTermux,
+        make_webapp: Callable[..., ReferenceWebapp]) -> None:
+    webapp = make_webapp()
+    smsgw = _Smsgw(tmp_path, fake_termux)
+    assert smsgw("config", "--url", webapp.url, "--no-check",
+                 "--notification-watch").returncode == 0
+    fake_termux.set_mode(notification_access=0)  # termux-notification-list hangs
+    out = tmp_path / "run.log"
+    proc = smsgw.popen("run", out=out)
+    try:
+        wait_for(lambda: fake_termux.call_count("termux-notification-list") == 1, 60,
+                 "the watcher's call")
+        proc.send_signal(signal.SIGINT)
+        _wait_line(out, "stopping after the current step", proc)
+        proc.send_signal(signal.SIGINT)
+        _wait_line(out, "stopping now", proc)
+        code = proc.wait(timeout=20)  # a hang guard, below the call's 30 s timeout
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    text = out.read_text(encoding="utf-8")
+    assert code == 0, text
+    assert "Traceback" not in text, text
+    # Ended by the signal: the watcher was not turned off as if Notification Access lacked.
+    assert "did not answer" not in text, text
+    res = smsgw("status", "--json")
+    assert "disabled" not in res.stdout, res.stdout

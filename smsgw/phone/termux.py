@@ -524,6 +524,11 @@ class TermuxPhone(Phone):
         ones: smsgw is stopping now. Signal-safe."""
         self._abort()
 
+    @property
+    def call_abort(self) -> CallAbort:
+        """What abort() pulls, for other termux calls of the daemon (the watcher's)."""
+        return self._abort
+
     def _list(self, *options: str) -> list[_Entry]:
         try:
             out = self._run((SMS_LIST, *options), timeout=self.list_timeout)
