@@ -205,3 +205,23 @@ def test_damaged_state_without_backup_says_so(smsgw: Smsgw) -> None:
     proc = smsgw("status")
     assert "no backup exists yet" in proc.stderr, proc.stderr
     assert subprocess.list2cmdline(["smsgw", "restore"]) not in proc.stderr
+
+
+def test_an_sms_forwarded_since_the_backup_is_not_forwarded_again(
+        smsgw: Smsgw, webapp: ReferenceWebapp, fake_termux: FakeTermux) -> None:
+    smsgw.ok("config", "--url", webapp.url, "--no-check")
+    smsgw.ok("run", "--once")  # the inbox is read once: its position is set
+    path = Path(smsgw.ok("backup").strip())
+    fake_termux.receive("+254711000001", "after the backup")
+    smsgw.ok("run", "--once")
+    assert [m["content"] for m in webapp.received()] == ["after the backup"]
+
+    smsgw.state_file.write_text("{damaged")  # restored from the backup alone
+    smsgw.ok("restore", str(path))
+    smsgw.ok("run", "--once")  # reads the inbox again from the backup's older position
+    smsgw.ok("run", "--once")
+    assert [m["content"] for m in webapp.received()] == ["after the backup"]
+    fake_termux.receive("+254711000002", "after the restore")
+    smsgw.ok("run", "--once")
+    assert [m["content"] for m in webapp.received()] == ["after the backup",
+                                                         "after the restore"]

@@ -29,9 +29,12 @@ from ..config import atomic_write_text, fsync_dir, make_private_dir, open_privat
 from ..errors import StateError, UserError
 from .archive import Archive
 from .storage import STATE_VERSION, migrate, shape_problem, state_lock
+from .store import RECENT_KEYS
 
 logger = logging.getLogger(__name__)
 
+# Values beside the records that a current state knows newer than any backup.
+_NEWER_META = ("inbox_position", "inbox_keys", "forward_since", "used_rows", "send_log")
 KEEP = 7  # backups kept, the daily ones and those of `smsgw backup` alike
 FOLDER = "backups"
 _NAME = re.compile(r"state-(\d{8}T\d{6}Z)(?:-(\d+))?\.json")
@@ -207,6 +210,10 @@ def _take_newer(data: dict[str, Any], current: dict[str, Any] | None) -> int:
     out = data.setdefault("outgoing", {})
     where = {_ref(doc): key for key, doc in out.items()}
     meta = data.setdefault("meta", {}).setdefault("1", {})
+    now_meta = (current.get("meta") or {}).get("1") or {}
+    for name in _NEWER_META:  # where the phone was read up to, and its rows already used
+        if name in now_meta:
+            meta[name] = now_meta[name]
     next_seq = max(int(meta.get("next_seq", 1)), _next_id(out))
     count = 0
     for doc in (current.get("outgoing") or {}).values():
@@ -250,6 +257,15 @@ def _drop_finished(data: dict[str, Any], archive: Archive) -> list[str]:
     for key, doc in list(incoming.items()):
         if ("in", _ref(doc)) in finished:
             del incoming[key]  # forwarded since the backup
+    # The backup's inbox position may be older: SMS forwarded since are read again, and
+    # their row keys (remembered like the last ones stored) keep them from a second POST.
+    meta = data.setdefault("meta", {}).setdefault("1", {})
+    keys = list(meta.get("inbox_keys") or [])
+    known = set(keys)
+    archived = sorted((rec.get("stored") or "", rec["key"]) for (kind, _), rec in finished.items()
+                      if kind == "in" and isinstance(rec.get("key"), str))
+    keys += [k for _, k in archived if k not in known]
+    meta["inbox_keys"] = keys[-RECENT_KEYS:]
     return dropped
 
 
