@@ -9,9 +9,11 @@ newer than any backup) are not copied.
 
 A backup is older than the archive: a message that was queued in it may have been sent and
 archived since. A restore therefore drops from the restored queue every record the archive
-holds in a finished form (and queues its final status again for the webapp), and takes
-from a current state that still loads the newer copy of each outgoing record, so nothing
-the phone was already given goes back to UNSENT.
+holds in a finished form (and queues its final status again for the webapp), remembers
+the row keys of the SMS forwarded since (the inbox is read again from the backup's older
+position), and takes from a current state that still loads the newer copy of each outgoing
+record and of the inbox position, so nothing the phone was already given goes back to
+UNSENT.
 """
 
 from __future__ import annotations
