@@ -125,12 +125,11 @@ def test_restore_is_refused_while_the_daemon_runs(smsgw: Smsgw, webapp: Referenc
     out = tmp_path / "run.log"
     with smsgw.daemon("--phone", "simulated", "--interval", "60", out=out):
         wait_for(lambda: smsgw.pid_file.exists(), 30, "the daemon to start")
-        before = smsgw.state_file.read_bytes()
         proc = smsgw("restore", str(path))
         assert proc.returncode == ExitCode.ALREADY_RUNNING, proc.stderr
         [line] = proc.stderr.strip().splitlines()
         assert line.startswith("smsgw: error: smsgw is running") and "stop it first" in line
-        assert smsgw.state_file.read_bytes() == before
+    # Nothing was restored: a restore always keeps the state it replaces aside first.
     assert not [p for p in smsgw.state_file.parent.iterdir() if "before-restore" in p.name]
 
 

@@ -4,6 +4,7 @@ to do: click's usage errors, OS errors a user can fix, a bad SMSGW_URL."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import subprocess
@@ -85,9 +86,20 @@ def test_a_home_that_is_a_file_is_named(smsgw: SmsgwRunner, tmp_path: Path) -> N
 # OS errors a user can fix, raised where no check of ours catches them. As root, or without
 # a read-only mount to hand, the error is injected into this process (a rare OS error).
 def _run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """`smsgw ARGS` in this process; the log handlers it set up are removed after."""
+    root = logging.getLogger("smsgw")
+    handlers, level, propagate = list(root.handlers), root.level, root.propagate
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(args)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(args)
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        root.propagate = propagate
     code = exit_info.value.code
     return (code if isinstance(code, int) else 1), capsys.readouterr().err
 

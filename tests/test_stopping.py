@@ -76,11 +76,11 @@ def test_first_sigint_during_a_slow_send_is_acknowledged_and_the_send_recorded(
     smsgw = _Smsgw(tmp_path, fake_termux)
     assert smsgw("config", "--url", webapp.url, "--no-check").returncode == 0
     msg_id = webapp.queue("+254700000001", "slow phone")
-    fake_termux.set_mode(latency=4)  # every call: the inbox read, the send...
+    fake_termux.set_mode(latency=6)  # every call: the inbox read, the send...
     out = tmp_path / "run.log"
     proc = smsgw.popen("run", out=out)
     try:
-        # The intent is recorded just before termux-sms-send starts its 4 s.
+        # The intent is recorded just before termux-sms-send starts its 6 s.
         wait_for(lambda: _state_of(smsgw, msg_id) == "SENDING", 60, "the send")
         proc.send_signal(signal.SIGINT)
         _wait_line(out, "stopping after the current step", proc)

@@ -121,6 +121,8 @@ def take(state_dir: Path, now: datetime) -> Backup:
     data = _load(source, "the state file")
     folder = state_dir / FOLDER
     make_private_dir(folder)
+    for tmp in folder.glob(".state-*.tmp"):  # left by a crash mid-write
+        tmp.unlink(missing_ok=True)
     stamp = now.astimezone(timezone.utc).strftime(_STAMP)
     path, n = folder / f"state-{stamp}.json", 0
     while path.exists() or path.is_symlink():
