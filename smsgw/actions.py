@@ -667,7 +667,8 @@ def run(paths: Paths, settings: Settings, store: Store, phone: Any, *, once: boo
     if settings.notification_watch and phone.name == "termux":
         from .watcher import NotificationWatcher
 
-        watcher = NotificationWatcher(store, timeout=settings.list_timeout)
+        watcher = NotificationWatcher(store, timeout=settings.list_timeout,
+                                      abort=getattr(phone, "call_abort", None))
         daemon.add_watcher(watcher.period, watcher.check)
     else:
         with store.unit(utcnow()) as u:  # no stale watcher state in `smsgw status`
@@ -700,3 +701,47 @@ def _heartbeat(paths: Paths, settings: Settings) -> tuple[Any, Any]:
     logger.info("heartbeat pings to %s, at most every %ds while healthy", heartbeat.shown,
                 settings.ping_every)
     return heartbeat, pinger
+
+
+# backup / restore ------------------------------------------------------------------------
+def backup(paths: Paths, list_only: bool, now: datetime) -> Outcome:
+    """`smsgw backup`: take a backup of the state now and print its path; with `list_only`,
+    list the backups there are, newest first."""
+    from .store import backup as backups
+
+    if list_only:
+        found = backups.backups(paths.state_dir)
+        if not found:
+            return Outcome(out=[f"no backup yet in {paths.state_dir / backups.FOLDER} "
+                                "(the daemon takes one a day; `smsgw backup` takes one now)"])
+        return Outcome(out=[f"{b.path}  {fmt_time(b.taken, now)}  {b.size} bytes"
+                            for b in reversed(found)])
+    made = backups.take(paths.state_dir, now)
+    return Outcome(out=[str(made.path)])
+
+
+def restore(paths: Paths, file: str, now: datetime) -> Outcome:
+    """`smsgw restore FILE`: put a backup back as the state, the daemon stopped; the current
+    state is kept beside it; messages finished since the backup are not queued again."""
+    from pathlib import Path
+
+    from .daemon import AlreadyRunning, daemon_running
+    from .store import backup as backups
+
+    info = daemon_running(paths)
+    if info is not None:
+        raise AlreadyRunning(
+            f"smsgw is running for {paths.data_dir} (pid {info.get('pid') or '?'}): stop it "
+            "first (`smsgw stop`, or `sv down smsgw` under runit), then restore")
+    paths.ensure()
+    done = backups.restore(paths.state_dir, Path(file), now)
+    out = [f"restored the state from {done.source}"]
+    if done.kept_aside is not None:
+        out.append(f"the previous state file is kept as {done.kept_aside}")
+    if done.dropped:
+        out.append(f"{len(done.dropped)} message(s) finished since the backup stay finished "
+                   f"(not sent again): {', '.join(printable(i) for i in done.dropped)}")
+    if done.newer:
+        out.append(f"{done.newer} message(s) taken from the previous state, where they were "
+                   "newer")
+    return Outcome(out=out)

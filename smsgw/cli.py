@@ -633,6 +633,33 @@ def doctor(c: Ctx, timeout: float) -> None:
     sys.exit(ExitCode.OK if ok else ExitCode.ERROR)
 
 
+# backup / restore ------------------------------------------------------------------
+@cli.command()
+@click.option("--list", "list_only", is_flag=True, help="List the backups, newest first.")
+@pass_ctx
+def backup(c: Ctx, list_only: bool) -> None:
+    """Back up the state now and print the file's path (the daemon takes one a day)."""
+    from . import actions
+    from .models import utcnow
+
+    _print(actions.backup(c.paths, list_only, utcnow()))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@pass_ctx
+def restore(c: Ctx, file: str) -> None:
+    """Put a backup FILE back as the state (the daemon must be stopped).
+
+    The current state file is kept beside it, and messages finished since the backup are
+    never sent again.
+    """
+    from . import actions
+    from .models import utcnow
+
+    _print(actions.restore(c.paths, file, utcnow()))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line per error, a traceback only with --debug."""
     args = sys.argv[1:] if argv is None else argv
@@ -640,20 +667,41 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=args, prog_name="smsgw", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(ExitCode.ERROR)
+        _fail("aborted; nothing was changed", ExitCode.ERROR, debug)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        _fail(_click_error(exc, args), exc.exit_code, debug)
     except InternalError as exc:
         _internal(exc, debug)
     except Error as exc:
         _fail(str(exc), exc.exit_code, debug)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        from .errors import os_error_text
+
+        text = os_error_text(exc)
+        if text is None:  # not one the user can fix (a bad file descriptor...): a bug
+            _internal(exc, debug)
+        else:
+            _fail(text, ExitCode.ERROR, debug)
     except Exception as exc:  # noqa: BLE001 - the promise: no traceback without --debug
         _internal(exc, debug)
     sys.exit(ExitCode.OK)
+
+
+def _click_error(exc: click.ClickException, args: list[str]) -> str:
+    """Click's error on one line, lower-case like ours, with where to read the usage."""
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    text = text[:1].lower() + text[1:]
+    if isinstance(exc, click.UsageError):
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            path = ctx.command_path
+        else:  # an option's value was missing: click knows no command yet
+            name = next((a for a in args if a in cli.commands), None)
+            path = f"smsgw {name}" if name else "smsgw"
+        text += f" (see {path} --help)"
+    return text
 
 
 def _internal(exc: BaseException, debug: bool) -> None:

@@ -320,7 +320,10 @@ def make_private_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise UserError(f"cannot create the folder {folder}: {exc.strerror}") from None
+        from .errors import os_error_text
+
+        raise UserError(os_error_text(exc, "create the folder")
+                        or f"cannot create the folder {folder}: {exc.strerror}") from None
     check_private_dir(folder)
 
 

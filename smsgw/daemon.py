@@ -141,6 +141,7 @@ class Daemon:
         self.scheduler = schedule.Scheduler()
         self._job: schedule.Job | None = None
         self._stop_signal: int | None = None
+        self._stops = 0  # stop signals received
         self._woken = False
         self._pipe: tuple[int, int] | None = None
         self._failures = 0
@@ -157,16 +158,24 @@ class Daemon:
                 os.write(self._pipe[1], b"x")
 
     def _on_stop(self, signum: int, _frame: Any) -> None:
-        first = self._stop_signal is None
+        self._stops += 1
         self._stop_signal = signum
-        # An exchange is safe to cut (what it carried stays queued); a send never is: the
-        # gateway stops at its next safe point, between steps or messages.
-        stop = getattr(self.gateway, "stop", None)
+        # An exchange is safe to cut (what it carried stays queued); a send is not, until
+        # its intent is recorded: the first signal stops at the next safe point, between
+        # steps or messages; the second also ends the phone call in progress (its send is
+        # then recorded as awaiting the phone's record, like any unknown outcome).
+        name = "stop" if self._stops == 1 else "stop_now"
+        stop = getattr(self.gateway, name, None)
         if stop is not None:
             stop()
-        if first:  # os.write is safe in a signal handler; logging is not
-            with contextlib.suppress(OSError):
-                os.write(2, b"smsgw: stopping after the current step\n")
+        # os.write is safe in a signal handler; logging is not
+        with contextlib.suppress(OSError):
+            if self._stops == 1:
+                os.write(2, b"smsgw: stopping after the current step (Ctrl-C again to "
+                            b"stop now)\n")
+            elif self._stops == 2:
+                os.write(2, b"smsgw: stopping now: a phone call in progress is ended; a send "
+                            b"it carried is checked on the phone by the next run\n")
         self._poke()
 
     def _on_wake(self, _signum: int, _frame: Any) -> None:

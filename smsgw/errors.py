@@ -68,3 +68,54 @@ class PhoneTimeout(PhoneError):
 
     def __init__(self, text: str, output: str = ""):
         super().__init__(text, output, maybe_sent=True)
+
+
+# What the user can do about an OS error, by errno (the others are bugs of ours).
+_OS_ADVICE = {
+    "EROFS": "set SMSGW_HOME to a writable folder",
+    "EACCES": "check its owner and permissions (ls -ld), or set SMSGW_HOME to a folder of "
+              "your own",
+    "EPERM": "check its owner and permissions (ls -ld), or set SMSGW_HOME to a folder of "
+             "your own",
+    "ENOSPC": "free some space on that disk",
+    "EDQUOT": "free some space (disk quota reached)",
+    "ENOENT": "check that the folder exists, or set SMSGW_HOME to one that does",
+    "ENOTDIR": "a part of that path is a file, not a folder: set SMSGW_HOME to a folder",
+    "EISDIR": "it is a folder: move it away",
+    "ELOOP": "it is a symbolic link: remove it",
+    "EMFILE": "too many open files: close other programs, or raise `ulimit -n`",
+    "ENFILE": "too many open files: close other programs",
+}
+
+
+def os_advice(exc: OSError) -> str | None:
+    """What the user can do about an OS error, or None when it is not theirs to fix."""
+    import errno
+
+    return _OS_ADVICE.get(errno.errorcode.get(exc.errno or 0, ""))
+
+
+def os_error_text(exc: OSError, doing: str | None = None) -> str | None:
+    """An OS error the user can fix, in words, naming the path and what to do (`doing`:
+    e.g. "create the folder"); None for the others (a bug of ours)."""
+    import errno
+    import os
+
+    advice = os_advice(exc)
+    if advice is None:
+        return None
+    why = (exc.strerror or os.strerror(exc.errno or 0)).lower()
+    path = exc.filename
+    if path is None:
+        return f"{why}; {advice}"
+    shown = str(os.fspath(path))
+    base = os.path.basename(shown)
+    if base.startswith(".") and base.endswith(".tmp"):  # a temp file: name its folder
+        shown = os.path.dirname(shown)
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and shown.startswith(home + os.sep):
+        shown = "~" + shown[len(home):]
+    if doing is None:
+        writing = exc.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+        doing = "write" if writing else "use"
+    return f"cannot {doing} {shown}: {why}; {advice}"

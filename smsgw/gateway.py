@@ -166,6 +166,15 @@ class Gateway:
         if abort is not None:
             abort()
 
+    def stop_now(self) -> None:
+        """Stop at once (a second stop signal): also end the phone call in progress; a send
+        it carried is recorded as awaiting the phone's record, never resent blindly.
+        Signal-safe."""
+        self.stop()
+        abort = getattr(self.phone, "abort", None)
+        if abort is not None:
+            abort()
+
     def _watch_clock(self) -> None:
         """Log and record a jump of the wall clock against the monotonic one."""
         now, mono = self.clock(), self.monotonic()
@@ -535,6 +544,7 @@ class Gateway:
     def housekeeping(self, report: CycleReport) -> None:
         now = self.clock()
         self.store.archive_finished(now)
+        self.store.daily_backup(now)
         with self.store.unit(now) as u:
             if report.next_send is None:
                 report.next_send = u.next_retry()

@@ -127,6 +127,7 @@ import base64
 import binascii
 import contextlib
 import copy
+import errno
 import fnmatch
 import gzip
 import hashlib
@@ -149,6 +150,7 @@ from typing import IO, Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from .config import redact_url
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -1994,6 +1996,19 @@ def _violation_text(problems: list[dict[str, Any]]) -> str:
                      for p in problems)
 
 
+def _listen_error(host: str, port: int, exc: OSError) -> str:
+    """Why the test webapp cannot listen on host:port, and what to do."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where} is already in use: pick another port with --port"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied: pick a port above 1023 with --port"
+    if exc.errno in (errno.EADDRNOTAVAIL, socket.EAI_NONAME) or isinstance(exc, socket.gaierror):
+        return (f"cannot listen on {where}: {exc.strerror or exc}: give an address of this "
+                "machine with --host (e.g. 127.0.0.1)")
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
 def serve(host: str = "127.0.0.1", port: int = 0, *, username: str | None = None,
           password: str | None = None, path: str | None = None,
           strict_headers: bool = True, gzip_responses: bool = False,
@@ -2013,7 +2028,10 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, username: str | None = None
                           strict_headers=strict_headers, gzip_responses=gzip_responses,
                           batch_limit=batch_limit, debug=debug, flavour=flavour, query=query,
                           php_device_timeout=php_device_timeout)
-    url = app.start()
+    try:
+        url = app.start()
+    except OSError as exc:
+        raise UserError(_listen_error(host, port, exc)) from None
     base = app.base_url
     title = "Reference webapp" if flavour == "reference" else f"Reference webapp ({flavour})"
     lines = [f"{title} listening on {redact_url(url)}"]

@@ -33,9 +33,11 @@ class NotificationWatcher:
 
     period = 15.0
 
-    def __init__(self, store: Store, timeout: float = 10.0) -> None:
+    def __init__(self, store: Store, timeout: float = 10.0,
+                 abort: termux.CallAbort | None = None) -> None:
         self.store = store
         self.timeout = timeout
+        self.abort = abort  # the phone's: a second stop signal ends a call of ours too
         self.enabled = True
         self._seen: set[str] | None = None
 
@@ -47,7 +49,8 @@ class NotificationWatcher:
         if not self.enabled:
             return False
         try:
-            out = termux.run_command(("termux-notification-list",), timeout=self.timeout)
+            out = termux.run_command(("termux-notification-list",), timeout=self.timeout,
+                                     abort=self.abort)
         except PhoneTimeout:
             self.enabled = False
             why = ("disabled: termux-notification-list did not answer; grant Notification "

@@ -179,3 +179,7 @@ class Phone(ABC):
     def diagnose(self) -> str | None:
         """Best-known cause of a failed send ("no SIM", "no network operator"), or None."""
         return None
+
+    def abort(self) -> None:  # noqa: B027 - a default, not an abstract method
+        """End the call to the phone in progress at once, and refuse new ones (a second
+        stop signal). Signal-safe: sets a flag, at most a kill(2). Default: nothing runs."""

@@ -64,17 +64,45 @@ class ToolError(PhoneError):
         self.words = words
 
 
+class CallAborted(PhoneError):
+    """The call was ended (or not started) because smsgw is stopping now; a send it carried
+    may have reached the phone (`maybe_sent`)."""
+
+
+class CallAbort:
+    """Ends the termux call in progress from a signal handler, and refuses new calls.
+
+    `__call__` only sets a flag and kills the running call's process group (one kill(2)):
+    no lock, no logging, so it is safe in a handler that interrupts run_command itself.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.running: subprocess.Popen[bytes] | None = None
+
+    def __call__(self) -> None:
+        self.requested = True
+        proc = self.running
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _words(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _WORDS else text[:_WORDS] + "..."
 
 
-def run_command(args: tuple[str, ...], *, stdin: str | None = None, timeout: float) -> str:
+def run_command(args: tuple[str, ...], *, stdin: str | None = None, timeout: float,
+                abort: CallAbort | None = None) -> str:
     """Run `args` (no shell) in its own process group and return its stdout.
 
     Raises PhoneTimeout after `timeout` seconds, once the whole group is killed and reaped;
-    CommandFailed on a non-zero exit status; PhoneError when the command cannot start.
+    CommandFailed on a non-zero exit status; PhoneError when the command cannot start;
+    CallAborted when `abort` was called before or during the call.
     """
+    if abort is not None and abort.requested:
+        raise CallAborted(f"{args[0]} not run: smsgw is stopping now")
     logger.debug("running %s (timeout %g s)", shlex.join(args), timeout)
     data = None
     if stdin is not None:
@@ -89,6 +117,10 @@ def run_command(args: tuple[str, ...], *, stdin: str | None = None, timeout: flo
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
     except OSError as exc:
         raise PhoneError(f"cannot run {args[0]}: {exc.strerror or exc}") from None
+    if abort is not None:
+        abort.running = proc
+        if abort.requested:  # the signal came between the check above and now
+            abort()
     try:
         out, err = proc.communicate(data, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -98,6 +130,11 @@ def run_command(args: tuple[str, ...], *, stdin: str | None = None, timeout: flo
     except BaseException:
         _kill_group(proc)
         raise
+    finally:
+        if abort is not None:
+            abort.running = None
+    if abort is not None and abort.requested and proc.returncode < 0:
+        raise CallAborted(f"{args[0]} was ended: smsgw is stopping now", maybe_sent=True)
     stdout = out.decode("utf-8", "replace")
     stderr = err.decode("utf-8", "replace")
     if proc.returncode != 0:
@@ -470,6 +507,7 @@ class TermuxPhone(Phone):
         self.page_size = page_size
         self.calls = 0
         self._selection: bool | None = None
+        self._abort = CallAbort()
         self._bad_lock = threading.Lock()
         self._bad_rows: dict[str, BadRow] = {}  # set aside, not yet taken
         self._logged: dict[str, None] = {}  # keys already logged (the newest MAX_BAD_ROWS)
@@ -486,7 +524,17 @@ class TermuxPhone(Phone):
     def _run(self, args: tuple[str, ...], *, stdin: str | None = None,
              timeout: float) -> str:
         self.calls += 1
-        return run_command(args, stdin=stdin, timeout=timeout)
+        return run_command(args, stdin=stdin, timeout=timeout, abort=self._abort)
+
+    def abort(self) -> None:
+        """End the termux call in progress (its process group is killed) and refuse new
+        ones: smsgw is stopping now. Signal-safe."""
+        self._abort()
+
+    @property
+    def call_abort(self) -> CallAbort:
+        """What abort() pulls, for other termux calls of the daemon (the watcher's)."""
+        return self._abort
 
     def _list(self, *options: str) -> list[_Entry]:
         try:

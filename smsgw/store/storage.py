@@ -8,9 +8,11 @@ naming the file and the field, and is never written over.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from tinydb.storages import Storage
 
 from ..config import atomic_write_text
-from ..errors import StateError
+from ..errors import StateError, os_advice
 from ..models import InState, OutState, PartState
 
 STATE_VERSION = 2  # 2: `local` flag and `reported` status on outgoing records
@@ -94,9 +96,10 @@ class AtomicJSONStorage(Storage):
         try:
             atomic_write_text(self.path, json.dumps(data, separators=(",", ":")))
         except OSError as exc:
+            advice = os_advice(exc)
             raise StateError(
                 f"cannot save the state file {self.path}: {exc.strerror or exc}; "
-                "the previous state is intact"
+                "the previous state is intact" + (f"; {advice}" if advice else "")
             ) from None
         self.cache.put(_stat_key(self.path), data)
 
@@ -105,10 +108,37 @@ class AtomicJSONStorage(Storage):
 
 
 def corrupt(path: Path, why: str) -> str:
-    return (
-        f"the state file {path} is damaged: {why}. It was left untouched; restore a backup, "
-        "or move it away to start with an empty state (queued messages in it would be lost)"
-    )
+    from .backup import newest_backup  # here: only a damaged file needs it
+
+    newest = newest_backup(path.parent)
+    if newest is None:
+        what = "no backup exists yet; move it away to start with an empty state (queued " \
+               "messages in it would be lost)"
+    else:
+        what = (f"restore the newest backup ({newest.taken:%Y-%m-%d %H:%M} UTC) with "
+                f"`smsgw restore {newest.path}` (the damaged file is kept beside it), or "
+                "move it away to start with an empty state (queued messages in it would be "
+                "lost)")
+    return f"the state file {path} is damaged: {why}. It was left untouched; {what}"
+
+
+@contextmanager
+def state_lock(folder: Path) -> Iterator[None]:
+    """The lock on `folder`/state.lock, held for each unit of work and for a restore."""
+    lock = folder / "state.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        try:  # a read-only folder: reading still works, and flock needs no write access
+            fd = os.open(lock if lock.exists() else folder, os.O_RDONLY)
+        except OSError as exc:
+            raise StateError(f"cannot use the state folder {folder}: "
+                             f"{exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- shape checks ------------------------------------------------------------------------
@@ -171,14 +201,21 @@ def _field_problem(doc: Any, spec: dict[str, tuple[Callable[[Any], bool], str]],
 
 def check_shape(data: dict[str, Any], path: Path) -> None:
     """Raise StateError naming the table, record and field that has the wrong shape."""
+    problem = shape_problem(data)
+    if problem is not None:
+        raise StateError(corrupt(path, problem))
+
+
+def shape_problem(data: dict[str, Any]) -> str | None:
+    """What is of the wrong shape in a parsed state (table, record, field), or None."""
     for table in TABLES:
         docs = data.get(table, {})
         if not isinstance(docs, dict):
-            raise StateError(corrupt(path, f'"{table}" is not an object'))
+            return f'"{table}" is not an object'
         for doc_id, doc in docs.items():
             if table == "meta":
                 if not isinstance(doc, dict):
-                    raise StateError(corrupt(path, f'"meta" record {doc_id} is not an object'))
+                    return f'"meta" record {doc_id} is not an object'
                 continue
             optional = frozenset({"seq", "retries", "due", "reason", "parts", "history"}
                                  if table == "outgoing" else {"forwarded", "reason"})
@@ -190,10 +227,11 @@ def check_shape(data: dict[str, Any], path: Path) -> None:
                         problem = f"part {n}: {problem}"
                         break
             if problem is not None:
-                raise StateError(corrupt(path, f"{table} record {doc_id}: {problem}"))
+                return f"{table} record {doc_id}: {problem}"
     version = (data.get("meta", {}).get("1") or {}).get("version", STATE_VERSION)
     if not _is_int(version):
-        raise StateError(corrupt(path, f'"version" is {json.dumps(version)[:40]}, not a number'))
+        return f'"version" is {json.dumps(version)[:40]}, not a number'
+    return None
 
 
 def migrate(data: dict[str, Any], version: int) -> dict[str, Any]:

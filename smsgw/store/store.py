@@ -14,15 +14,14 @@ together or not at all.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +52,7 @@ from .storage import (
     StateCache,
     check_shape,
     migrate,
+    state_lock,
 )
 from .unit import Unit
 
@@ -125,6 +125,7 @@ class Store:
         self.retention = timedelta(days=retention_days)
         self.archive = Archive(self.folder / "archive")
         self._cache = StateCache()
+        self._backup_day: date | None = None  # the UTC day the daily backup is done for
         make_private_dir(self.folder)
         self._check_readable()
 
@@ -154,22 +155,8 @@ class Store:
                 logger.info("state file %s migrated from format %d to %d", self.path,
                             version, STATE_VERSION)
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        lock = self.folder / "state.lock"
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError:
-            try:  # a read-only folder: reading still works, and flock needs no write access
-                fd = os.open(lock if lock.exists() else self.folder, os.O_RDONLY)
-            except OSError as exc:
-                raise StateError(f"cannot use the state folder {self.folder}: "
-                                 f"{exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> AbstractContextManager[None]:
+        return state_lock(self.folder)
 
     @contextmanager
     def unit(self, now: datetime) -> Iterator[Unit]:
@@ -450,6 +437,17 @@ class Store:
                 u.db.table("incoming").remove(doc_ids=[d.doc_id for d in forwarded])
             self._retain(u, now, written)
             return len(done) + len(forwarded)
+
+    def daily_backup(self, now: datetime) -> None:
+        """Keep a copy of the state at the first call of each UTC day (see backup.py);
+        otherwise one date check, no file touched."""
+        day = now.astimezone(timezone.utc).date()
+        if day == self._backup_day:
+            return
+        self._backup_day = day
+        from .backup import daily
+
+        daily(self.folder, now)
 
     def _retain(self, u: Unit, now: datetime, written: str | None) -> None:
         """Drop the day files older than retention, by a measure no clock jump collapses.

@@ -1,0 +1,226 @@
+"""Backups of the state and restoring one, through the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fakes import FakeTermux
+from runner import SmsgwRunner, wait_for
+
+from smsgw.errors import ExitCode
+from smsgw.testserver import ReferenceWebapp
+
+pytest_plugins = ["fakes.fixtures"]
+pytestmark = pytest.mark.usefixtures("no_proxies")
+
+DAY = 86400
+
+
+class Smsgw(SmsgwRunner):
+    """`smsgw` over the fake termux-* executables (first on PATH)."""
+
+    def __init__(self, tmp: Path, fake: FakeTermux) -> None:
+        super().__init__(tmp, {k: v for k, v in fake.env.items()
+                               if k in ("PATH", "FAKE_TERMUX_DIR")})
+
+    @property
+    def backups(self) -> Path:
+        return self.home / "state" / "backups"
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.backups.iterdir()) if self.backups.exists() else []
+
+    def ok(self, *args: str, offset: float = 0) -> str:
+        proc = self(*args, env={"SMSGW_TEST_CLOCK_OFFSET": str(offset)})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        return proc.stdout
+
+    def state_of(self, msg_id: str) -> str | None:
+        return next((m["state"] for m in self.messages()["from_webapp"] if m["id"] == msg_id),
+                    None)
+
+
+@pytest.fixture
+def smsgw(tmp_path: Path, fake_termux: FakeTermux) -> Smsgw:
+    return Smsgw(tmp_path, fake_termux)
+
+
+@pytest.fixture
+def webapp(make_webapp: Callable[..., ReferenceWebapp]) -> ReferenceWebapp:
+    return make_webapp()
+
+
+def test_the_daemon_keeps_a_daily_backup_and_rotates_seven(smsgw: Smsgw,
+                                                            webapp: ReferenceWebapp) -> None:
+    smsgw.ok("config", "--url", webapp.url, "--no-check")
+    assert smsgw.names() == []
+    smsgw.ok("run", "--once")
+    [first] = smsgw.names()
+    assert stat.S_IMODE(smsgw.backups.stat().st_mode) == 0o700
+    assert stat.S_IMODE((smsgw.backups / first).stat().st_mode) == 0o600
+    # The copy is the state as it was: it loads, with the same tables.
+    copy = json.loads((smsgw.backups / first).read_text(encoding="utf-8"))
+    assert set(copy) >= {"meta"}
+    # Once a day: another run the same day takes none.
+    smsgw.ok("run", "--once")
+    assert smsgw.names() == [first]
+    # A day later, one more; after nine days the newest seven are kept.
+    for day in range(1, 9):
+        smsgw.ok("run", "--once", offset=day * DAY)
+    names = smsgw.names()
+    assert len(names) == 7, names
+    assert first not in names
+    listed = smsgw.ok("backup", "--list", offset=8 * DAY).splitlines()
+    assert [Path(line.split()[0]).name for line in listed] == sorted(names, reverse=True)
+
+
+def test_backup_restore_round_trip_keeps_the_damaged_state_aside(smsgw: Smsgw) -> None:
+    smsgw.ok("send", "+15551234567", "kept in the backup")
+    path = Path(smsgw.ok("backup").strip())
+    assert path.parent == smsgw.backups and path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    [msg] = smsgw.messages()["from_webapp"]
+
+    smsgw.state_file.write_bytes(b'{"outgoing": garbage')
+    proc = smsgw("status")
+    assert proc.returncode == ExitCode.ERROR
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"smsgw: error: the state file {smsgw.state_file} is damaged")
+    command = f"smsgw restore {path}"
+    assert f"`{command}`" in line, line  # the newest backup and the exact command
+
+    out = smsgw.ok(*command.split()[1:])
+    assert f"restored the state from {path}" in out
+    [aside] = [p for p in smsgw.state_file.parent.iterdir()
+               if p.name.startswith("state.json.before-restore-")]
+    assert aside.read_bytes() == b'{"outgoing": garbage'  # never deleted
+    assert stat.S_IMODE(aside.stat().st_mode) == 0o600
+    assert smsgw.messages()["from_webapp"] == [msg]
+
+
+def test_restore_refuses_a_damaged_backup_and_changes_nothing(smsgw: Smsgw,
+                                                              tmp_path: Path) -> None:
+    smsgw.ok("send", "+15551234567", "current")
+    before = smsgw.state_file.read_bytes()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"outgoing": {"1": {"id": 5}}}))
+    proc = smsgw("restore", str(bad))
+    assert proc.returncode == ExitCode.ERROR
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"smsgw: error: the backup {bad} is damaged: outgoing record 1"), line
+    assert "nothing was changed" in line
+    assert smsgw.state_file.read_bytes() == before
+
+
+def test_restore_is_refused_while_the_daemon_runs(smsgw: Smsgw, webapp: ReferenceWebapp,
+                                                 tmp_path: Path) -> None:
+    smsgw.ok("config", "--url", webapp.url, "--no-check")
+    path = Path(smsgw.ok("backup").strip())
+    out = tmp_path / "run.log"
+    with smsgw.daemon("--phone", "simulated", "--interval", "60", out=out):
+        wait_for(lambda: smsgw.pid_file.exists(), 30, "the daemon to start")
+        proc = smsgw("restore", str(path))
+        assert proc.returncode == ExitCode.ALREADY_RUNNING, proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith("smsgw: error: smsgw is running") and "stop it first" in line
+    # Nothing was restored: a restore always keeps the state it replaces aside first.
+    assert not [p for p in smsgw.state_file.parent.iterdir() if "before-restore" in p.name]
+
+
+def _two_messages_one_rate_limited(smsgw: Smsgw, webapp: ReferenceWebapp
+                                   ) -> tuple[str, str, Path]:
+    """A sent (PENDING), B waiting UNSENT for the rate budget, and a backup of that."""
+    smsgw.ok("config", "--url", webapp.url, "--no-check", "--max-per-minute", "1")
+    a = webapp.queue("+254700000001", "first")
+    b = webapp.queue("+254700000002", "second")
+    smsgw.ok("run", "--once")
+    assert (smsgw.state_of(a), smsgw.state_of(b)) == ("PENDING", "UNSENT")
+    return a, b, Path(smsgw.ok("backup").strip())
+
+
+def test_no_second_send_after_restoring_a_backup_older_than_the_archive(
+        smsgw: Smsgw, webapp: ReferenceWebapp, fake_termux: FakeTermux) -> None:
+    a, b, path = _two_messages_one_rate_limited(smsgw, webapp)
+    # A minute later (the phone's clock too): A is confirmed, B is sent; then B is
+    # confirmed, and both are archived.
+    fake_termux.set_mode(clock_offset=70)
+    smsgw.ok("run", "--once", offset=70)
+    smsgw.ok("run", "--once", offset=80)
+    assert (smsgw.state_of(a), smsgw.state_of(b)) == ("SENT", "SENT")
+    assert not json.loads(smsgw.state_file.read_text(encoding="utf-8")).get("outgoing")
+    assert fake_termux.call_count("termux-sms-send") == 2
+
+    out = smsgw.ok("restore", str(path), offset=90)
+    assert "2 message(s) finished since the backup" in out, out
+    smsgw.ok("run", "--once", offset=140)
+    smsgw.ok("run", "--once", offset=200)
+    # The phone sent each once; the webapp heard SENT last, and never less after it.
+    sends = sorted(c["argv"][1] for c in fake_termux.calls("termux-sms-send"))
+    assert sends == ["+254700000001", "+254700000002"], sends
+    assert [r["body"] for r in fake_termux.rows("sent")] == ["first", "second"]
+    statuses = webapp.statuses()
+    for msg_id in (a, b):
+        seen = statuses[msg_id]
+        assert "SENT" in seen, seen
+        assert set(seen[seen.index("SENT"):]) == {"SENT"}, seen
+        assert smsgw.state_of(msg_id) == "SENT"
+
+
+def test_restore_keeps_a_send_made_since_the_backup_awaiting_the_phone(
+        smsgw: Smsgw, webapp: ReferenceWebapp, fake_termux: FakeTermux) -> None:
+    a, b, path = _two_messages_one_rate_limited(smsgw, webapp)
+    fake_termux.set_mode(no_row=1)  # B's send leaves no record yet: it stays PENDING
+    smsgw.ok("run", "--once", offset=70)
+    assert smsgw.state_of(b) == "PENDING"
+
+    out = smsgw.ok("restore", str(path), offset=80)
+    assert "taken from the previous state" in out, out
+    assert smsgw.state_of(b) == "PENDING"  # not UNSENT, as it was in the backup
+    fake_termux.clear_modes()
+    smsgw.ok("run", "--once", offset=140)
+    sends = [c["argv"][1] for c in fake_termux.calls("termux-sms-send")]
+    assert sends.count("+254700000002") == 1, sends
+
+
+def test_backup_of_a_damaged_state_is_refused(smsgw: Smsgw) -> None:
+    smsgw.ok("send", "+15551234567", "x")
+    smsgw.state_file.write_text('{"outgoing": {"1": {"id": 5}}}')
+    proc = smsgw("backup")
+    assert proc.returncode == ExitCode.ERROR
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("smsgw: error: the state file") and "damaged" in line, line
+    assert smsgw.names() == []
+
+
+def test_damaged_state_without_backup_says_so(smsgw: Smsgw) -> None:
+    smsgw.ok("send", "+15551234567", "x")
+    smsgw.state_file.write_text("[]")
+    proc = smsgw("status")
+    assert "no backup exists yet" in proc.stderr, proc.stderr
+    assert subprocess.list2cmdline(["smsgw", "restore"]) not in proc.stderr
+
+
+def test_an_sms_forwarded_since_the_backup_is_not_forwarded_again(
+        smsgw: Smsgw, webapp: ReferenceWebapp, fake_termux: FakeTermux) -> None:
+    smsgw.ok("config", "--url", webapp.url, "--no-check")
+    smsgw.ok("run", "--once")  # the inbox is read once: its position is set
+    path = Path(smsgw.ok("backup").strip())
+    fake_termux.receive("+254711000001", "after the backup")
+    smsgw.ok("run", "--once")
+    assert [m["content"] for m in webapp.received()] == ["after the backup"]
+
+    smsgw.state_file.write_text("{damaged")  # restored from the backup alone
+    smsgw.ok("restore", str(path))
+    smsgw.ok("run", "--once")  # reads the inbox again from the backup's older position
+    smsgw.ok("run", "--once")
+    assert [m["content"] for m in webapp.received()] == ["after the backup"]
+    fake_termux.receive("+254711000002", "after the restore")
+    smsgw.ok("run", "--once")
+    assert [m["content"] for m in webapp.received()] == ["after the backup",
+                                                         "after the restore"]
