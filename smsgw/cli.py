@@ -138,6 +138,7 @@ _SETTING_OPTIONS = {
     "ttl": "message_ttl", "ca_bundle": "ca_bundle", "confirm_timeout": "confirm_timeout",
     "max_parts": "max_parts", "exchange_deadline": "exchange_deadline",
     "allow_redirects_to": "allow_redirects_to",
+    "alert_to": "alert_to", "alert_after": "alert_after", "alert_every": "alert_every",
 }
 _FLAG_OPTIONS = {"cdma": "cdma_mode", "cdma_prefix": "cdma_prefix",
                  "compress_requests": "compress_requests",
@@ -172,6 +173,13 @@ _FLAG_OPTIONS = {"cdma": "cdma_mode", "cdma_prefix": "cdma_prefix",
               help="Hosts (comma-separated) the webapp may redirect to, or 'none'.")
 @click.option("--notification-watch/--no-notification-watch", default=None,
               help="Cycle at once when a messaging app posts a notification.")
+@click.option("--alert-to", metavar="NUMBER",
+              help="Send alert SMS to this number when the gateway is unhealthy, and when it "
+                   "recovers; 'none' turns alerts off.")
+@click.option("--alert-after", metavar="DURATION",
+              help="How long a webapp or phone problem lasts before an alert (default 30m).")
+@click.option("--alert-every", metavar="DURATION",
+              help="At most one alert per problem this often (default 6h).")
 @click.option("--forward-since", metavar="WHEN",
               help="Forward incoming SMS received from WHEN on: 'now', or a local date and "
                    "time such as 2026-11-30T08:00 (default: when the URL was first set).")

@@ -51,6 +51,9 @@ class Settings:
     max_parts: int = 10  # SMS parts one message may take; more is refused as too long
     exchange_deadline: float = 120.0  # seconds an exchange with the webapp may take in all
     allow_redirects_to: str | None = None  # hosts (comma-separated) the webapp may redirect to
+    alert_to: str | None = None  # the operator's number for alert SMS; None: no alerts
+    alert_after: int = 1800  # seconds a webapp or phone problem lasts before an alert
+    alert_every: int = 21600  # seconds between two alerts for one condition, at least
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config.json") -> Settings:
@@ -83,6 +86,7 @@ class Spec:
     unit: str = ""
     is_url: bool = False
     what: str = "a file path"  # what a text setting holds
+    pattern: str | None = None  # a text setting must match it (spaces, dashes, dots dropped)
 
     def describe(self, for_option: bool = False) -> str:
         """What a valid value is, e.g. 'a whole number from 5 to 86400, or null'; with
@@ -129,6 +133,11 @@ SPECS: dict[str, Spec] = {
     "exchange_deadline": Spec(float, 5, 3600, option="--exchange-deadline", unit="seconds"),
     "allow_redirects_to": Spec(str, nullable=True, option="--allow-redirects-to",
                                null_words=("", "none"), what="host names, comma-separated"),
+    "alert_to": Spec(str, nullable=True, option="--alert-to", null_words=("", "none", "off"),
+                     what="a phone number (an optional + and 3 to 20 digits)",
+                     pattern=r"\+?[0-9]{3,20}"),
+    "alert_after": Spec(int, 60, 7 * DAY, option="--alert-after", unit="seconds"),
+    "alert_every": Spec(int, 60, 30 * DAY, option="--alert-every", unit="seconds"),
 }
 
 
@@ -206,6 +215,9 @@ def _check_type(spec: Spec, value: Any) -> Any:
     if spec.kind is bool:
         return value if isinstance(value, bool) else _NOT_VALID
     if spec.kind is str:
+        if isinstance(value, str) and spec.pattern is not None:
+            value = value.strip().translate(str.maketrans("", "", " -."))
+            return value if re.fullmatch(spec.pattern, value) else _NOT_VALID
         return value if isinstance(value, str) else _NOT_VALID
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _NOT_VALID

@@ -10,12 +10,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from . import retry, segment
-from .config import Settings
+from . import alerts, retry, segment
+from .config import Settings, scrub
 from .errors import PhoneError, StateError, WebappError
 from .models import (
     AWAITING_PARTS,
@@ -51,6 +51,7 @@ SETTLE = timedelta(seconds=5)  # a sent row may still flip to failed right after
 DEFAULT_CAUSE = "the phone recorded the SMS as failed"
 CLOCK_JUMP = 300  # seconds the wall clock may drift from the monotonic one between cycles
 UNKNOWN_OUTCOME = "outcome unknown: no record on the phone"
+HEALTH_EVERY = timedelta(minutes=15)  # the phone's health costs two termux calls a sample
 
 
 def _span(seconds: float) -> str:
@@ -154,6 +155,9 @@ class Gateway:
         self._sent: list[tuple[float, int]] = []
         self._last_tick: tuple[datetime, float] | None = None
         self.stopping = False
+        self._health_at: datetime | None = None  # the last health sample (None: none yet)
+        self._health_loaded = False
+        self._alerts_at: datetime | None = None  # when the alert step last looked
 
     def stop(self) -> None:
         """Stop at the next safe point: cut an exchange in progress (what it carried stays
@@ -191,8 +195,8 @@ class Gateway:
         """One full cycle, in the protocol's order. Failures of one step are reported."""
         report = CycleReport()
         self._watch_clock()
-        for step in (self.read_inbox, self.exchange, self.send_due, self.reconcile,
-                     self.housekeeping):
+        for step in (self.read_inbox, self.exchange, self.health, self.send_due,
+                     self.reconcile, self.housekeeping):
             if self.stopping:
                 break
             try:
@@ -258,6 +262,83 @@ class Gateway:
             if not (result.new or result.remaining):
                 return
         logger.info("exchange stopped after %d POSTs; the rest goes next cycle", MAX_ROUNDS)
+
+    # health and alerts (before sending, so an alert goes out in this cycle) --------------
+    def health(self, report: CycleReport) -> None:
+        """Sample the phone's health at most every HEALTH_EVERY, then decide the alerts."""
+        now = self.clock()
+        self._sample_health(now, report)
+        if self.settings.alert_to:
+            self._alerts(now)
+
+    def _sample_health(self, now: datetime, report: CycleReport) -> None:
+        if not self._health_loaded:
+            with self.store.unit(now) as u:
+                sample = u.phone_health
+            self._health_at = sample.at if sample is not None else None
+            self._health_loaded = True
+        if self._health_at is not None and timedelta(0) <= now - self._health_at < HEALTH_EVERY:
+            return
+        if any(e.startswith("read_inbox:") for e in report.errors):
+            return  # the phone did not answer just now: no more hangs this cycle
+        read = getattr(self.phone, "read_health", None)
+        health = read() if read is not None else None
+        self._health_at = now
+        if health is None:
+            return
+        health = replace(health, at=now)
+        with self.store.unit(now) as u:
+            u.phone_health = health
+        logger.info("phone health: %s", health.describe())
+
+    def _alerts(self, now: datetime) -> None:
+        """Observe the conditions, queue the alert SMS the policy decides (local messages,
+        never posted to the webapp), and keep its state."""
+        confirm = timedelta(seconds=self.settings.confirm_timeout)
+        problem, _ = self.store.exchange_problem(now)
+        last_ok = self.store.last_exchange_ok()
+        with self.store.unit(now) as u:
+            state = u.alert_state
+            health = u.phone_health
+            phone = u.phone_problem
+            latest = u.last_phone_error
+            handoffs = u.awaiting_handoffs()
+            late = len(u.due(now - confirm))
+            unknown = sum(1 for f in u.failures
+                          if f.reason == UNKNOWN_OUTCOME and timedelta(0) <= now - f.at <= confirm)
+        problems: dict[str, str] = {}
+        if self.webapp is not None and problem is not None and (
+                last_ok is None or problem.at > last_ok):
+            problems[alerts.WEBAPP] = problem.text
+        if phone is None and latest is not None and self._alerts_at is not None \
+                and latest.at >= self._alerts_at:
+            phone = latest  # a send failed since the last look; the inbox read cleared it
+        self._alerts_at = now
+        phone_text = phone.text if phone is not None else (
+            health.problem if health is not None else None)
+        if phone_text:
+            problems[alerts.PHONE] = phone_text
+        stuck = alerts.stuck_problem(now, handoffs, late, unknown, confirm)
+        if stuck:
+            problems[alerts.STUCK] = stuck
+        low = alerts.battery_problem(health, now, alerts.BATTERY in state.active)
+        if low:
+            problems[alerts.BATTERY] = low
+        problems = {k: scrub(v, self.settings.url) for k, v in problems.items()}
+        new, queued = alerts.decide(
+            state, problems, now, after=timedelta(seconds=self.settings.alert_after),
+            every=timedelta(seconds=self.settings.alert_every))
+        number = normalize_number(self.settings.alert_to)
+        for alert in queued:
+            text = scrub(alert.text, self.settings.url)
+            msg = self.store.add_local(number, text, now)
+            if alert.recovery:
+                logger.info("recovery SMS %s queued to %s: %s", msg.id, number, text)
+            else:
+                logger.warning("alert SMS %s queued to %s: %s", msg.id, number, text)
+        if new.to_dict() != state.to_dict():
+            with self.store.unit(now) as u:
+                u.alert_state = new
 
     # 4. send --------------------------------------------------------------
     def _too_long(self, msg: Offered) -> str | None:

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import UserError
+from ..health import PhoneHealth
 
 INBOX = "inbox"
 SENT = "sent"
@@ -178,4 +179,11 @@ class Phone(ABC):
 
     def diagnose(self) -> str | None:
         """Best-known cause of a failed send ("no SIM", "no network operator"), or None."""
+        return None
+
+    def read_health(self) -> PhoneHealth | None:
+        """The phone's battery, SIM and network now (without `at`), or None when this
+        phone cannot tell. Never raises for the phone's own failures (a hang, a missing
+        permission): what could not be read is in PhoneHealth.problem. It costs phone
+        calls: the gateway samples it at most every HEALTH_EVERY."""
         return None

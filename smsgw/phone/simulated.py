@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..health import PhoneHealth
 from ..models import Clock, utcnow
 from .base import FAILED, INBOX, SENT, BadRow, Phone, SmsRow, java_trim, normalize_number
 
@@ -129,3 +130,13 @@ class SimulatedPhone(Phone):
     def _public(row: _Row) -> SmsRow:
         return SmsRow(kind=row.kind, address=row.address, body=row.body, date=row.date,
                       row_id=row.row_id)
+
+    # A plugged-in phone with a SIM on a network; a test sets `phone.health` to another
+    # PhoneHealth (e.g. a low battery), or None for a phone that cannot tell.
+    health: PhoneHealth | None = PhoneHealth(
+        battery_percent=80, plugged="PLUGGED_AC", battery_status="CHARGING",
+        battery_health="GOOD", temperature=30.0, sim_state="ready",
+        network_operator="Simulated", network_type="lte", data_state="connected")
+
+    def read_health(self) -> PhoneHealth | None:
+        return self.health

@@ -52,6 +52,8 @@ def summary(store: Store, now: datetime) -> dict[str, Any]:
             "parts_last_minute": u.rate_log.used(now),
             "watcher": u.watcher,
             "clock_jump": u._get("clock_jump"),
+            "phone_health": None if u.phone_health is None else u.phone_health.to_dict(),
+            "alerts": u.alert_state.to_dict(),
         }
 
 
