@@ -46,7 +46,8 @@ MIN = timedelta(minutes=1)
 
 
 # the policy ----------------------------------------------------------------------------------
-def run_policy(steps: list[tuple[timedelta, dict[str, str]]]) -> list[tuple[timedelta, alerts.Alert]]:
+def run_policy(steps: list[tuple[timedelta, dict[str, str]]]
+               ) -> list[tuple[timedelta, alerts.Alert]]:
     """Feed the policy the problems seen at each offset from T0; the alerts with their offset."""
     state, out = AlertState(), []
     for offset, problems in steps:
