@@ -52,6 +52,8 @@ DEFAULT_CAUSE = "the phone recorded the SMS as failed"
 CLOCK_JUMP = 300  # seconds the wall clock may drift from the monotonic one between cycles
 UNKNOWN_OUTCOME = "outcome unknown: no record on the phone"
 HEALTH_EVERY = timedelta(minutes=15)  # the phone's health costs two termux calls a sample
+HEALTH_CALLS = 2  # termux calls a health sample costs (battery, SIM and network)
+HEALTH_BUDGET = 0.05  # termux calls per cycle the samples may add, on average
 
 
 def _span(seconds: float) -> str:
@@ -271,13 +273,21 @@ class Gateway:
         if self.settings.alert_to:
             self._alerts(now)
 
+    def health_period(self) -> timedelta:
+        """How often the phone's health is read: every HEALTH_EVERY, or less often when the
+        poll interval is long, so that an idle cycle costs at most HEALTH_BUDGET more
+        termux calls on average (at the default 60 s: every 40 min)."""
+        cycles = HEALTH_CALLS / HEALTH_BUDGET
+        return max(HEALTH_EVERY, timedelta(seconds=self.settings.interval * cycles))
+
     def _sample_health(self, now: datetime, report: CycleReport) -> None:
         if not self._health_loaded:
             with self.store.unit(now) as u:
                 sample = u.phone_health
             self._health_at = sample.at if sample is not None else None
             self._health_loaded = True
-        if self._health_at is not None and timedelta(0) <= now - self._health_at < HEALTH_EVERY:
+        if self._health_at is not None and timedelta(0) <= now - self._health_at < \
+                self.health_period():
             return
         if any(e.startswith("read_inbox:") for e in report.errors):
             return  # the phone did not answer just now: no more hangs this cycle

@@ -29,7 +29,7 @@ from smsgw import alerts
 from smsgw.alerts import AlertState, decide
 from smsgw.config import Settings
 from smsgw.errors import ExitCode
-from smsgw.gateway import HEALTH_EVERY, Gateway
+from smsgw.gateway import HEALTH_CALLS, HEALTH_EVERY, Gateway
 from smsgw.health import PhoneHealth
 from smsgw.phone.simulated import SimulatedPhone
 from smsgw.phone.termux import TermuxPhone
@@ -178,8 +178,9 @@ def make_rig(tmp_path: Path, clock: Clock, no_proxies: None,
         clients.append(client)
         phone = SimulatedPhone(clock)
         store = Store(tmp_path / f"state{len(clients)}")
-        gateway = Gateway(store, client, phone,
-                          Settings(url=webapp.url, **{"alert_to": ALERT_TO, **settings}), clock)
+        # Polls every 15 s: the health is read every 15 min (HEALTH_EVERY).
+        settings = {"alert_to": ALERT_TO, "interval": 15, **settings}
+        gateway = Gateway(store, client, phone, Settings(url=webapp.url, **settings), clock)
         rig = Rig(webapp, phone, store, gateway, clock)
         assert rig.cycle().errors == []
         return rig
@@ -262,6 +263,20 @@ def test_health_is_sampled_at_most_every_15_minutes_and_kept_across_restarts(
     again.cycle()
     assert len(reads) == 2
     assert rig.summary()["phone_health"]["at"] == (T0 + 2 * HEALTH_EVERY).isoformat()
+
+
+def test_health_costs_at_most_a_twentieth_of_a_termux_call_per_cycle(
+        make_rig: Callable[..., Rig]) -> None:
+    # At the default interval (60 s) a sample every 15 min would add 2 calls per 15 cycles;
+    # it is read every 40 min instead: 2 calls per 40 cycles.
+    rig = make_rig(interval=60)
+    assert rig.gateway.health_period() == timedelta(minutes=40)
+    reads = []
+    rig.phone.read_health = lambda: reads.append(rig.clock()) or None  # type: ignore[method-assign]
+    for _ in range(200):
+        rig.cycle(1)
+    assert reads == [T0 + k * timedelta(minutes=40) for k in (1, 2, 3, 4, 5)]
+    assert HEALTH_CALLS * len(reads) / 200 <= 0.05
 
 
 def test_no_alert_number_no_alert(make_rig: Callable[..., Rig]) -> None:
