@@ -237,8 +237,8 @@ def _health_lines(d: dict[str, Any], now: datetime) -> list[str]:
     lines = []
     if d.get("phone_health"):
         health = PhoneHealth.from_dict(d["phone_health"])
-        lines.append(f"phone health:  {printable(health.describe())} "
-                     f"({fmt_time(health.at, now)})")
+        lines.append(f"phone health:  {printable(health.describe())}; read "
+                     f"{fmt_time(health.at, now)}")
     a = d.get("alerts") or {}
     if a.get("to"):
         active = ", ".join(f"{k} since {fmt_time(e['since'], now)}"

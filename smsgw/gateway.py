@@ -267,7 +267,7 @@ class Gateway:
 
     # health and alerts (before sending, so an alert goes out in this cycle) --------------
     def health(self, report: CycleReport) -> None:
-        """Sample the phone's health at most every HEALTH_EVERY, then decide the alerts."""
+        """Sample the phone's health at most every health_period(), then decide the alerts."""
         now = self.clock()
         self._sample_health(now, report)
         if self.settings.alert_to:
