@@ -316,6 +316,25 @@ def test_a_send_refused_by_the_phone_every_cycle_alerts_as_a_phone_problem(
     assert "SEND_SMS" in alert
 
 
+def test_a_send_with_no_record_on_the_phone_alerts_as_stuck(
+        make_rig: Callable[..., Rig]) -> None:
+    # A phone that takes the text and never records it (a stalled send): after
+    # --confirm-timeout the message fails with an unknown outcome, and the operator hears.
+    rig = make_rig(confirm_timeout=300)
+    real_send = rig.phone.send
+    rig.phone.send = lambda number, text: (  # type: ignore[method-assign]
+        real_send(number, text) if number == ALERT_TO else None)
+    rig.webapp.queue("+254700000555", "never recorded", id="w-stuck")
+    for _ in range(5):
+        rig.cycle(2)
+    assert rig.webapp.status_of("w-stuck") == "FAILED"
+    [alert] = rig.alerts_sent()
+    assert alert == "smsgw alert: sends stuck: 1 SMS part with no record on the phone after 5 min"
+    for _ in range(4):
+        rig.cycle(2)
+    assert rig.alerts_sent()[1:] == ["smsgw ok: sends stuck recovered after 6 min"]
+
+
 # TermuxPhone.read_health over the fakes ----------------------------------------------------
 def test_termux_health_reads_battery_sim_and_network(fake_termux: FakeTermux) -> None:
     fake_termux.set_mode(battery=14, plugged="UNPLUGGED")
