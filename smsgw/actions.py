@@ -52,7 +52,9 @@ _OPTION_OF = {"url": "--url", "interval": "--interval", "sim_slot": "--sim-slot"
               "allow_redirects_to": "--allow-redirects-to", "cdma_mode": "--cdma",
               "cdma_prefix": "--cdma-prefix", "compress_requests": "--compress-requests",
               "notification_watch": "--notification-watch", "ping_url": "--ping-url",
-              "ping_every": "--ping-every", "report_health": "--report-health"}
+              "ping_every": "--ping-every", "report_health": "--report-health",
+              "alert_to": "--alert-to",
+              "alert_after": "--alert-after", "alert_every": "--alert-every"}
 
 
 def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
@@ -192,6 +194,8 @@ def status(paths: Paths, settings: Settings, store: Store, now: datetime,
         "rate": {"parts_last_minute": summary["parts_last_minute"],
                  "max_parts_per_minute": settings.max_parts_per_minute},
         "clock_jump": summary["clock_jump"],
+        "phone_health": summary["phone_health"],
+        "alerts": {"to": settings.alert_to, **summary["alerts"]},
     }
     if settings.ping_url:
         from .heartbeat import last_ping
@@ -257,6 +261,7 @@ def _status_text(d: dict[str, Any], now: datetime) -> str:
                      f"{printable(p['last_error']['text'])}")
     if p["notification_watcher"]:
         lines.append(f"notifications: {p['notification_watcher']}")
+    lines += _health_lines(d, now)
     if d.get("clock_jump"):
         j = d["clock_jump"]
         lines.append(f"clock:         jumped {'ahead' if j['seconds'] > 0 else 'back'} by "
@@ -380,6 +385,30 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _health_lines(d: dict[str, Any], now: datetime) -> list[str]:
+    """The phone's last health sample and the alerts, for `smsgw status`."""
+    from .health import PhoneHealth
+
+    lines = []
+    if d.get("phone_health"):
+        health = PhoneHealth.from_dict(d["phone_health"])
+        lines.append(f"phone health:  {printable(health.describe())}; read "
+                     f"{fmt_time(health.at, now)}")
+    a = d.get("alerts") or {}
+    if a.get("to"):
+        active = ", ".join(f"{k} since {fmt_time(e['since'], now)}"
+                           + ("" if e.get("alerted") else " (not alerted yet)")
+                           for k, e in (a.get("active") or {}).items())
+        lines.append(f"alerts:        to {printable(a['to'])}; "
+                     + (f"ACTIVE: {printable(active)}" if active else "no problem"))
+    elif a.get("active"):
+        lines.append("alerts:        off (smsgw config --alert-to NUMBER)")
+    if a.get("last_sent"):
+        sent = a["last_sent"]
+        lines.append(f"last alert:    {fmt_time(sent['at'], now)}: {printable(sent['text'])}")
+    return lines
 
 
 # send / retry ------------------------------------------------------------------------------

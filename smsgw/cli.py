@@ -161,6 +161,7 @@ _SETTING_OPTIONS = {
     "max_parts": "max_parts", "exchange_deadline": "exchange_deadline",
     "allow_redirects_to": "allow_redirects_to",
     "ping_url": "ping_url", "ping_every": "ping_every",
+    "alert_to": "alert_to", "alert_after": "alert_after", "alert_every": "alert_every",
 }
 _FLAG_OPTIONS = {"cdma": "cdma_mode", "cdma_prefix": "cdma_prefix",
                  "compress_requests": "compress_requests",
@@ -204,6 +205,13 @@ _FLAG_OPTIONS = {"cdma": "cdma_mode", "cdma_prefix": "cdma_prefix",
               help="Healthy heartbeat pings at most this often (default 5m).")
 @click.option("--report-health/--no-report-health", default=None,
               help="Add an \"smsgw\" health object to each POST to the webapp.")
+@click.option("--alert-to", metavar="NUMBER",
+              help="Send alert SMS to this number when the gateway is unhealthy, and when it "
+                   "recovers; 'none' turns alerts off.")
+@click.option("--alert-after", metavar="DURATION",
+              help="How long a webapp or phone problem lasts before an alert (default 30m).")
+@click.option("--alert-every", metavar="DURATION",
+              help="At most one alert per problem this often (default 6h).")
 @click.option("--forward-since", metavar="WHEN",
               help="Forward incoming SMS received from WHEN on: 'now', or a local date and "
                    "time such as 2026-11-30T08:00 (default: when the URL was first set).")

@@ -54,6 +54,9 @@ class Settings:
     ping_url: str | None = None  # a monitoring service's heartbeat URL (token in its path)
     ping_every: int = 300  # seconds between healthy heartbeat pings at most
     report_health: bool = False  # add the "smsgw" health object to each POST
+    alert_to: str | None = None  # the operator's number for alert SMS; None: no alerts
+    alert_after: int = 1800  # seconds a webapp or phone problem lasts before an alert
+    alert_every: int = 21600  # seconds between two alerts for one condition, at least
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config.json") -> Settings:
@@ -87,6 +90,7 @@ class Spec:
     is_url: bool = False
     what: str = "a file path"  # what a text setting holds
     check: Callable[[str], str] | None = None  # checks a text value (UserError), no secrets
+    pattern: str | None = None  # a text setting must match it (spaces, dashes, dots dropped)
 
     def describe(self, for_option: bool = False) -> str:
         """What a valid value is, e.g. 'a whole number from 5 to 86400, or null'; with
@@ -137,6 +141,11 @@ SPECS: dict[str, Spec] = {
                      what="an http:// or https:// URL", check=lambda u: validate_ping_url(u)),
     "ping_every": Spec(int, 10, DAY, option="--ping-every", unit="seconds"),
     "report_health": Spec(bool, option="--report-health/--no-report-health"),
+    "alert_to": Spec(str, nullable=True, option="--alert-to", null_words=("", "none", "off"),
+                     what="a phone number (an optional + and 3 to 20 digits)",
+                     pattern=r"\+?[0-9]{3,20}"),
+    "alert_after": Spec(int, 60, 7 * DAY, option="--alert-after", unit="seconds"),
+    "alert_every": Spec(int, 60, 30 * DAY, option="--alert-every", unit="seconds"),
 }
 
 
@@ -219,6 +228,9 @@ def _check_type(spec: Spec, value: Any) -> Any:
     if spec.kind is bool:
         return value if isinstance(value, bool) else _NOT_VALID
     if spec.kind is str:
+        if isinstance(value, str) and spec.pattern is not None:
+            value = value.strip().translate(str.maketrans("", "", " -."))
+            return value if re.fullmatch(spec.pattern, value) else _NOT_VALID
         return value if isinstance(value, str) else _NOT_VALID
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _NOT_VALID

@@ -10,12 +10,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from . import retry, segment
-from .config import Settings
+from . import alerts, retry, segment
+from .config import Settings, scrub
 from .errors import PhoneError, StateError, WebappError
 from .models import (
     AWAITING_PARTS,
@@ -51,6 +51,9 @@ SETTLE = timedelta(seconds=5)  # a sent row may still flip to failed right after
 DEFAULT_CAUSE = "the phone recorded the SMS as failed"
 CLOCK_JUMP = 300  # seconds the wall clock may drift from the monotonic one between cycles
 UNKNOWN_OUTCOME = "outcome unknown: no record on the phone"
+HEALTH_EVERY = timedelta(minutes=15)  # the phone's health costs two termux calls a sample
+HEALTH_CALLS = 2  # termux calls a health sample costs (battery, SIM and network)
+HEALTH_BUDGET = 0.05  # termux calls per cycle the samples may add, on average
 
 
 def _span(seconds: float) -> str:
@@ -155,8 +158,9 @@ class Gateway:
         self._last_tick: tuple[datetime, float] | None = None
         self.stopping = False
         self._born = self.monotonic()  # for the health report's uptime
-        # The phone's last battery reading for the health report, or None.
-        self.battery: Callable[[], dict[str, Any] | None] = lambda: None
+        self._health_at: datetime | None = None  # the last health sample (None: none yet)
+        self._health_loaded = False
+        self._alerts_at: datetime | None = None  # when the alert step last looked
 
     def stop(self) -> None:
         """Stop at the next safe point: cut an exchange in progress (what it carried stays
@@ -203,8 +207,8 @@ class Gateway:
         """One full cycle, in the protocol's order. Failures of one step are reported."""
         report = CycleReport()
         self._watch_clock()
-        for step in (self.read_inbox, self.exchange, self.send_due, self.reconcile,
-                     self.housekeeping):
+        for step in (self.read_inbox, self.exchange, self.health, self.send_due,
+                     self.reconcile, self.housekeeping):
             if self.stopping:
                 break
             try:
@@ -280,8 +284,92 @@ class Gateway:
         from .health_report import health_object
 
         return {"health": health_object(self.store.health(now), now=now,
-                                        uptime_s=self.monotonic() - self._born,
-                                        battery=self.battery())}
+                                        uptime_s=self.monotonic() - self._born)}
+
+    # health and alerts (before sending, so an alert goes out in this cycle) --------------
+    def health(self, report: CycleReport) -> None:
+        """Sample the phone's health at most every health_period(), then decide the alerts."""
+        now = self.clock()
+        self._sample_health(now, report)
+        if self.settings.alert_to:
+            self._alerts(now)
+
+    def health_period(self) -> timedelta:
+        """How often the phone's health is read: every HEALTH_EVERY, or less often when the
+        poll interval is long, so that an idle cycle costs at most HEALTH_BUDGET more
+        termux calls on average (at the default 60 s: every 40 min)."""
+        cycles = HEALTH_CALLS / HEALTH_BUDGET
+        return max(HEALTH_EVERY, timedelta(seconds=self.settings.interval * cycles))
+
+    def _sample_health(self, now: datetime, report: CycleReport) -> None:
+        if not self._health_loaded:
+            with self.store.unit(now) as u:
+                sample = u.phone_health
+            self._health_at = sample.at if sample is not None else None
+            self._health_loaded = True
+        if self._health_at is not None and timedelta(0) <= now - self._health_at < \
+                self.health_period():
+            return
+        if any(e.startswith("read_inbox:") for e in report.errors):
+            return  # the phone did not answer just now: no more hangs this cycle
+        read = getattr(self.phone, "read_health", None)
+        health = read() if read is not None else None
+        self._health_at = now
+        if health is None:
+            return
+        health = replace(health, at=now)
+        with self.store.unit(now) as u:
+            u.phone_health = health
+        logger.info("phone health: %s", health.describe())
+
+    def _alerts(self, now: datetime) -> None:
+        """Observe the conditions, queue the alert SMS the policy decides (local messages,
+        never posted to the webapp), and keep its state."""
+        confirm = timedelta(seconds=self.settings.confirm_timeout)
+        problem, _ = self.store.exchange_problem(now)
+        last_ok = self.store.last_exchange_ok()
+        with self.store.unit(now) as u:
+            state = u.alert_state
+            health = u.phone_health
+            phone = u.phone_problem
+            latest = u.last_phone_error
+            handoffs = u.awaiting_handoffs()
+            late = len(u.due(now - confirm))
+            unknown = sum(1 for f in u.failures
+                          if f.reason == UNKNOWN_OUTCOME and timedelta(0) <= now - f.at <= confirm)
+        problems: dict[str, str] = {}
+        if self.webapp is not None and problem is not None and (
+                last_ok is None or problem.at > last_ok):
+            problems[alerts.WEBAPP] = problem.text
+        if phone is None and latest is not None and self._alerts_at is not None \
+                and latest.at >= self._alerts_at:
+            phone = latest  # a send failed since the last look; the inbox read cleared it
+        self._alerts_at = now
+        phone_text = phone.text if phone is not None else (
+            health.problem if health is not None else None)
+        if phone_text:
+            problems[alerts.PHONE] = phone_text
+        stuck = alerts.stuck_problem(now, handoffs, late, unknown, confirm)
+        if stuck:
+            problems[alerts.STUCK] = stuck
+        low = alerts.battery_problem(health, now, alerts.BATTERY in state.active)
+        if low:
+            problems[alerts.BATTERY] = low
+        problems = {k: scrub(v, self.settings.url) for k, v in problems.items()}
+        new, queued = alerts.decide(
+            state, problems, now, after=timedelta(seconds=self.settings.alert_after),
+            every=timedelta(seconds=self.settings.alert_every))
+        number = normalize_number(self.settings.alert_to)
+        for alert in queued:
+            text = scrub(alert.text, self.settings.url)
+            msg = self.store.add_local(number, text, now)
+            if alert.recovery:
+                logger.info("recovery SMS %s queued to %s: %s", msg.id, number, text)
+            else:
+                logger.warning("alert SMS %s queued to %s: %s", msg.id, number, text)
+        if new.to_dict() != state.to_dict():
+            with self.store.unit(now) as u:
+                u.alert_state = new
 
     # 4. send --------------------------------------------------------------
     def _too_long(self, msg: Offered) -> str | None:

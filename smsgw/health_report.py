@@ -6,7 +6,6 @@ knows no store, phone or network; the gateway gives it what they said.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -15,14 +14,11 @@ from . import __version__
 if TYPE_CHECKING:
     from .store.views import QueueHealth
 
-def health_object(figures: QueueHealth, *, now: datetime, uptime_s: float,
-                  battery: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The `"smsgw"` object of a POST body.
-
-    `battery` is the phone's last battery reading, `{"percentage": 81, "plugged":
-    "PLUGGED_AC"}` (termux-battery-status's words), or None when there is none (then
-    `"battery": null`).
-    """
+def health_object(figures: QueueHealth, *, now: datetime, uptime_s: float) -> dict[str, Any]:
+    """The `"smsgw"` object of a POST body; `battery` is the phone's last battery sample,
+    `{"percentage": 81, "plugged": "PLUGGED_AC"}` (termux-battery-status's words), or null
+    when there is none."""
+    battery = figures.battery
     oldest = figures.oldest_queued
     return {
         "version": __version__,

@@ -78,13 +78,14 @@ def test_bounds_are_the_documented_ones() -> None:
         "message_ttl": (60, 30 * DAY), "confirm_timeout": (5, 7 * DAY),
         "send_timeout": (1, 600), "list_timeout": (1, 600), "connect_timeout": (1, 600),
         "read_timeout": (1, 600), "retention_days": (1, 3650), "max_parts": (1, 100),
-        "exchange_deadline": (5, 3600), "ping_every": (10, DAY),
+        "exchange_deadline": (5, 3600), "ping_every": (10, DAY), "alert_after": (60, 7 * DAY),
+        "alert_every": (60, 30 * DAY),
     }
     for name, (low, high) in expected.items():
         assert (SPECS[name].minimum, SPECS[name].maximum) == (low, high), name
     assert {n for n, s in SPECS.items() if s.nullable} == {"url", "sim_slot", "message_ttl",
                                                           "ca_bundle", "allow_redirects_to",
-                                                          "ping_url"}
+                                                          "ping_url", "alert_to"}
     assert {n for n, s in SPECS.items() if s.kind is bool} == {
         "cdma_mode", "cdma_prefix", "compress_requests", "notification_watch",
         "report_health"}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from fakes import FakeTermux
 
+from smsgw.health import PhoneHealth
 from smsgw.phone.base import FAILED, INBOX, SENT, BadRow, InvalidNumber, Phone, number_digits
 from smsgw.phone.simulated import SimulatedPhone
 from smsgw.phone.termux import TermuxPhone
@@ -339,3 +340,11 @@ class TestPhoneContract:
         rows, pos = adapter.phone.read_inbox(through_json(pos))
         assert [r.body for r in rows] == ["next"]
         assert adapter.phone.take_bad_rows() == []
+
+    def test_health_reads_battery_sim_and_network(self, adapter):
+        health = adapter.phone.read_health()
+        assert isinstance(health, PhoneHealth)
+        assert isinstance(health.battery_percent, int) and 0 <= health.battery_percent <= 100
+        assert health.plugged and health.on_power is True
+        assert health.sim_state == "ready" and health.network_operator
+        assert health.problem is None and health.at is None  # the gateway dates the sample

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import UserError
+from ..health import PhoneHealth
 
 INBOX = "inbox"
 SENT = "sent"
@@ -183,3 +184,10 @@ class Phone(ABC):
     def abort(self) -> None:  # noqa: B027 - a default, not an abstract method
         """End the call to the phone in progress at once, and refuse new ones (a second
         stop signal). Signal-safe: sets a flag, at most a kill(2). Default: nothing runs."""
+
+    def read_health(self) -> PhoneHealth | None:
+        """The phone's battery, SIM and network now (without `at`), or None when this
+        phone cannot tell. Never raises for the phone's own failures (a hang, a missing
+        permission): what could not be read is in PhoneHealth.problem. It costs phone
+        calls: the gateway samples it at most every HEALTH_EVERY."""
+        return None

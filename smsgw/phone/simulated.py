@@ -28,6 +28,7 @@ from typing import Any
 
 from ..config import atomic_write_text, check_private_file, open_private
 from ..errors import StateError
+from ..health import PhoneHealth
 from ..models import Clock, from_iso, to_iso, utcnow
 from .base import FAILED, INBOX, SENT, BadRow, Phone, SmsRow, java_trim, normalize_number
 
@@ -276,3 +277,13 @@ class SimulatedPhone(Phone):
     def _public(row: _Row) -> SmsRow:
         return SmsRow(kind=row.kind, address=row.address, body=row.body, date=row.date,
                       row_id=row.row_id)
+
+    # A plugged-in phone with a SIM on a network; a test sets `phone.health` to another
+    # PhoneHealth (e.g. a low battery), or None for a phone that cannot tell.
+    health: PhoneHealth | None = PhoneHealth(
+        battery_percent=80, plugged="PLUGGED_AC", battery_status="CHARGING",
+        battery_health="GOOD", temperature=30.0, sim_state="ready",
+        network_operator="Simulated", network_type="lte", data_state="connected")
+
+    def read_health(self) -> PhoneHealth | None:
+        return self.health

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from ..errors import PhoneError, PhoneTimeout
+from ..health import PhoneHealth
 from ..models import json_type
 from .base import FAILED, INBOX, SENT, BadRow, Phone, SmsRow, normalize_number
 
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 SMS_SEND = "termux-sms-send"
 SMS_LIST = "termux-sms-list"
 DEVICE_INFO = "termux-telephony-deviceinfo"
+BATTERY_STATUS = "termux-battery-status"
 WAKE_LOCK = "termux-wake-lock"
 JOB_SCHEDULER = "termux-job-scheduler"
 API_PACKAGE = "com.termux.api"
@@ -46,6 +48,7 @@ LOG_LEVEL_ENV = "TERMUX_API__LOG_LEVEL"
 _KINDS = {"inbox": INBOX, "sent": SENT, "failed": FAILED}
 _WORDS = 300  # characters of a tool's output kept in an error text
 MAX_BAD_ROWS = 1000  # bad rows kept for take_bad_rows(), and keys remembered as logged
+HEALTH_TIMEOUT = 10.0  # seconds for each health read (at most list_timeout): they are small
 
 
 class CommandFailed(PhoneError):
@@ -483,6 +486,53 @@ def _dedupe(items: list[_Item]) -> list[_Item]:
     return kept
 
 
+# health ------------------------------------------------------------------------------------
+def _text_field(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = " ".join(str(value).split())
+    return text[:40] if text else None
+
+
+def parse_battery(data: Any) -> dict[str, Any]:
+    """PhoneHealth fields from termux-battery-status's JSON object (BatteryStatusAPI.java:
+    `percentage` from BATTERY_PROPERTY_CAPACITY, else `level`/`scale`; `plugged`
+    PLUGGED_AC/USB/WIRELESS/DOCK or UNPLUGGED; `status`, `health`, `temperature` in °C).
+    A field that is missing or of the wrong type is None."""
+    if not isinstance(data, dict):
+        raise PhoneError(f"{BATTERY_STATUS} did not answer an object: "
+                         f"{_words(json.dumps(data))!r}")
+    percent = _int_field(data, "percentage")
+    if percent is None:
+        level, scale = _int_field(data, "level"), _int_field(data, "scale")
+        if level is not None and scale and level >= 0 and scale > 0:
+            percent = round(level * 100 / scale)
+    if percent is not None and not 0 <= percent <= 100:
+        percent = None
+    temperature = data.get("temperature")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not -60 <= temperature <= 150:  # the app prints MIN_VALUE/10 when unknown
+        temperature = None
+    return {"battery_percent": percent, "plugged": _text_field(data, "plugged"),
+            "battery_status": _text_field(data, "status"),
+            "battery_health": _text_field(data, "health"),
+            "temperature": None if temperature is None else float(temperature)}
+
+
+def parse_deviceinfo(data: Any) -> dict[str, Any]:
+    """PhoneHealth fields from termux-telephony-deviceinfo's JSON object (TelephonyAPI.java:
+    `sim_state` ready/absent/pin_required/..., `network_operator_name`, `network_type`
+    lte/nr/umts/..., `data_state` connected/disconnected/...)."""
+    if not isinstance(data, dict):
+        raise PhoneError(f"{DEVICE_INFO} did not answer an object: {_words(json.dumps(data))!r}")
+    return {"sim_state": _text_field(data, "sim_state"),
+            "network_operator": _text_field(data, "network_operator_name")
+            or _text_field(data, "network_operator"),
+            "network_type": _text_field(data, "network_type"),
+            "data_state": _text_field(data, "data_state")}
+
+
 # the phone ---------------------------------------------------------------------------------
 class TermuxPhone(Phone):
     """The Android phone through Termux:API commands.
@@ -854,3 +904,23 @@ class TermuxPhone(Phone):
         if not info.get("network_operator"):
             return "no network operator"
         return None
+
+    # health ----------------------------------------------------------------------------
+    def read_health(self) -> PhoneHealth:
+        """Battery (termux-battery-status, no permission needed) and SIM and network
+        (termux-telephony-deviceinfo, needs READ_PHONE_STATE): two calls, each with a short
+        timeout. When the first hangs the app is not answering: the second is not tried."""
+        timeout = min(self.list_timeout, HEALTH_TIMEOUT)
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for command, parse in ((BATTERY_STATUS, parse_battery), (DEVICE_INFO, parse_deviceinfo)):
+            try:
+                values.update(parse(parse_json(command, self._run((command,), timeout=timeout))))
+            except PhoneTimeout as exc:
+                problems.append(str(exc))
+                break
+            except PhoneError as exc:
+                problems.append(str(exc))
+        if problems:
+            logger.warning("phone health not fully read: %s", "; ".join(problems))
+        return PhoneHealth(**values, problem="; ".join(problems) or None)

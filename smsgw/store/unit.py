@@ -16,7 +16,9 @@ from typing import Any
 from tinydb import TinyDB
 from tinydb.table import Document
 
+from ..alerts import AlertState
 from ..errors import StateError
+from ..health import PhoneHealth
 from ..models import (
     AWAITING_PARTS,
     FINISHED_STATES,
@@ -125,6 +127,15 @@ class Unit:
             self.count(phone_errors=1)
         self._set("phone_error", None if problem is None else
                   {"at": to_iso(problem.at), "text": problem.text})
+        if problem is not None:
+            self._set("phone_error_last", {"at": to_iso(problem.at), "text": problem.text})
+
+    @property
+    def last_phone_error(self) -> PhoneProblem | None:
+        """The latest error from the phone, kept when the phone answers again (the alert
+        step tells from it that a send failed since it last looked)."""
+        raw = self._get("phone_error_last")
+        return PhoneProblem(from_iso(raw["at"]), raw["text"]) if raw else None  # type: ignore[arg-type]
 
     @property
     def counters(self) -> Counters:
@@ -148,6 +159,26 @@ class Unit:
     @watcher.setter
     def watcher(self, text: str | None) -> None:
         self._set("watcher", text)
+
+    @property
+    def phone_health(self) -> PhoneHealth | None:
+        """The last sample of the phone's battery, SIM and network (owner: the gateway's
+        health step)."""
+        raw = self._get("phone_health")
+        return PhoneHealth.from_dict(raw) if raw else None
+
+    @phone_health.setter
+    def phone_health(self, health: PhoneHealth | None) -> None:
+        self._set("phone_health", None if health is None else health.to_dict())
+
+    @property
+    def alert_state(self) -> AlertState:
+        """Conditions observed, alerts sent (owner: the gateway's health step)."""
+        return AlertState.from_dict(self._get("alerts"))
+
+    @alert_state.setter
+    def alert_state(self, state: AlertState) -> None:
+        self._set("alerts", state.to_dict())
 
     @property
     def failures(self) -> list[Failure]:

@@ -69,6 +69,8 @@ def summary(store: Store, now: datetime) -> dict[str, Any]:
             "parts_last_minute": u.rate_log.used(now),
             "watcher": u.watcher,
             "clock_jump": u._get("clock_jump"),
+            "phone_health": None if u.phone_health is None else u.phone_health.to_dict(),
+            "alerts": u.alert_state.to_dict(),
         }
 
 
@@ -153,6 +155,7 @@ class QueueHealth:
     last_sent: datetime | None  # when a message last became SENT
     failed_24h: int  # became FAILED in this hour and the 23 before
     phone_error: str | None  # the last phone problem, until the phone answers again
+    battery: dict[str, Any] | None = None  # the last sample: {"percentage", "plugged"}
 
 
 def health(store: Store, now: datetime) -> QueueHealth:
@@ -161,12 +164,16 @@ def health(store: Store, now: datetime) -> QueueHealth:
         out = u.outgoing()
         unsent = [m.created for m in out if m.state is OutState.UNSENT]
         phone = u.phone_problem
+        sample = u.phone_health
         return QueueHealth(
             queued=sum(1 for m in out if m.state not in FINISHED_STATES),
             oldest_queued=min(unsent) if unsent else None,
             last_sent=u.last_sent,
             failed_24h=u.failed_last_day(),
             phone_error=None if phone is None else phone.text,
+            battery=None if sample is None or (sample.battery_percent is None
+                                               and sample.plugged is None)
+            else {"percentage": sample.battery_percent, "plugged": sample.plugged},
         )
 
 

@@ -73,6 +73,9 @@ MODES = {
     "notification_access": "0: termux-notification-list hangs",
     "clock": "ISO 8601 time of the phone's clock (naive means UTC); default: real time",
     "clock_offset": "seconds added to the phone's clock",
+    "battery": "termux-battery-status: the battery's percentage (default 85)",
+    "plugged": "termux-battery-status: PLUGGED_AC (default), PLUGGED_USB, PLUGGED_WIRELESS, "
+               "UNPLUGGED, ...; its `status` follows (CHARGING, FULL at 100, or DISCHARGING)",
     "locale_digits": "the phone's locale prints its own digits in `received` (SimpleDateFormat "
                      "with the default locale): arabic (٠١٢...), persian (۰۱۲...), devanagari "
                      "(०१२..., Nepali, Marathi), bengali (০১২...); default ASCII",
@@ -946,6 +949,31 @@ def deviceinfo(modes: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def battery_status(modes: dict[str, Any]) -> dict[str, Any]:
+    # BatteryStatusAPI.java (app 0.53): every field the app writes on a recent Android, in its
+    # order; `percentage` from BATTERY_PROPERTY_CAPACITY, temperature in tenths of °C / 10.
+    percent = int(modes.get("battery", 85))
+    plugged = str(modes.get("plugged", "PLUGGED_AC"))
+    status = "DISCHARGING" if plugged == "UNPLUGGED" else "FULL" if percent >= 100 \
+        else "CHARGING"
+    return {
+        "present": True,
+        "technology": "Li-ion",
+        "health": "GOOD",
+        "plugged": plugged,
+        "status": status,
+        "temperature": 29.5,
+        "voltage": 4012,
+        "current": -254000 if plugged == "UNPLUGGED" else 612000,
+        "current_average": -198000 if plugged == "UNPLUGGED" else 540000,
+        "percentage": percent,
+        "level": percent,
+        "scale": 100,
+        "charge_counter": 2871000,
+        "cycle": 211,  # Android 14+; `energy` is left out, as when Android gives none
+    }
+
+
 def notification_list(p: Provider) -> list[dict[str, Any]]:
     with p.db() as conn:
         found = conn.execute("SELECT * FROM notifications ORDER BY id").fetchall()
@@ -1097,6 +1125,8 @@ def main(name: str, argv: list[str]) -> int:
             _print_json(deviceinfo(modes))
         elif name == "termux-notification-list":
             _print_json(notification_list(p))
+        elif name == "termux-battery-status":
+            _print_json(battery_status(modes))
         elif name != "termux-wake-lock":
             sys.stderr.write(f"fake termux: unknown command {name}\n")
             return 127

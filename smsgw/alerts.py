@@ -1,0 +1,184 @@
+"""When to send the operator an alert SMS: a pure policy, the clock a parameter.
+
+Conditions in (which problems are observed now, each with a short text), alerts out (the
+SMS to queue), and the state to keep until the next cycle. The gateway observes, queues
+the texts as local messages (never posted to the webapp) and stores the state.
+
+Rules, per condition:
+- `webapp` and `phone` alert once observed for `after` without a break (a blip pages
+  nobody); `stuck` and `battery` carry their own wait (confirm_timeout, a sample) and alert
+  at once;
+- at most one alert per condition per `every`: while it lasts, a reminder after `every`;
+  a condition that comes back within `every` of its last alert waits for the rest of it;
+- a recovery SMS when a condition that was alerted clears (none for one never alerted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from .health import PhoneHealth
+from .models import from_iso, printable, to_iso
+
+WEBAPP, PHONE, STUCK, BATTERY = "webapp", "phone", "stuck", "battery"
+CONDITIONS = (WEBAPP, PHONE, STUCK, BATTERY)
+LABELS = {WEBAPP: "webapp failing", PHONE: "phone not answering",
+          STUCK: "sends stuck", BATTERY: "battery low"}
+DELAYED = (WEBAPP, PHONE)  # alert only once observed for `after`
+
+BATTERY_LOW = 15  # percent, on battery: alert
+BATTERY_OK = 20  # percent: recovered (or plugged in); the gap stops flapping at 15 %
+SAMPLE_STALE = timedelta(hours=2)  # an older health sample says nothing about the battery
+SMS_CHARS = 160  # one GSM-7 SMS
+
+
+def _span(delta: timedelta) -> str:
+    seconds = max(0.0, delta.total_seconds())
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A condition observed since `since` (text: what was seen last); `alerted` is when
+    its alert was sent, None while none was."""
+
+    since: datetime
+    text: str
+    alerted: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The last alert or recovery SMS queued, for `smsgw status`."""
+
+    at: datetime
+    condition: str
+    text: str
+    recovery: bool = False
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """What the policy remembers between cycles (owner: the gateway's health step)."""
+
+    active: Mapping[str, Episode] = field(default_factory=dict)
+    last_alert: Mapping[str, datetime] = field(default_factory=dict)  # per condition
+    last_sent: Sent | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "active": {k: {"since": to_iso(e.since), "text": e.text,
+                           "alerted": to_iso(e.alerted)} for k, e in self.active.items()},
+            "last_alert": {k: to_iso(at) for k, at in self.last_alert.items()},
+            "last_sent": None if self.last_sent is None else {
+                "at": to_iso(self.last_sent.at), "condition": self.last_sent.condition,
+                "text": self.last_sent.text, "recovery": self.last_sent.recovery},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> AlertState:
+        if not data:
+            return cls()
+        sent = data.get("last_sent")
+        return cls(
+            active={k: Episode(from_iso(e["since"]), e["text"], from_iso(e.get("alerted")))  # type: ignore[arg-type]
+                    for k, e in (data.get("active") or {}).items()},
+            last_alert={k: from_iso(v) for k, v in (data.get("last_alert") or {}).items()},  # type: ignore[misc]
+            last_sent=None if not sent else Sent(from_iso(sent["at"]), sent["condition"],  # type: ignore[arg-type]
+                                                 sent["text"], bool(sent.get("recovery"))),
+        )
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One SMS to queue for the operator."""
+
+    condition: str
+    text: str
+    recovery: bool = False
+
+
+def _sms(text: str) -> str:
+    text = printable(" ".join(text.split()))
+    return text if len(text) <= SMS_CHARS else text[:SMS_CHARS - 3] + "..."
+
+
+def decide(state: AlertState, problems: Mapping[str, str], now: datetime, *,
+           after: timedelta, every: timedelta) -> tuple[AlertState, list[Alert]]:
+    """The alerts to send now and the new state, from the problems observed now
+    (condition -> what is wrong; a condition absent is fine)."""
+    active: dict[str, Episode] = {}
+    last = dict(state.last_alert)
+    alerts: list[Alert] = []
+    sent = state.last_sent
+    for key in _ordered(set(problems) | set(state.active)):
+        old = state.active.get(key)
+        if key not in problems:
+            if old is not None and old.alerted is not None:
+                alerts.append(Alert(key, _sms(f"smsgw ok: {LABELS.get(key, key)} recovered "
+                                              f"after {_span(now - old.since)}"), True))
+            continue
+        # A start in the future: the clock went back. Count from now.
+        since = old.since if old is not None and old.since <= now else now
+        alerted = old.alerted if old is not None else None
+        episode = Episode(since, problems[key], alerted)
+        wait = after if key in DELAYED else timedelta(0)
+        previous = last.get(key)
+        quiet = previous is not None and timedelta(0) <= now - previous < every
+        if now - since >= wait and not quiet:
+            lasting = f" for {_span(now - since)}" if now - since >= timedelta(minutes=2) else ""
+            alerts.append(Alert(key, _sms(f"smsgw alert: {LABELS.get(key, key)}{lasting}: "
+                                          f"{problems[key]}")))
+            episode = Episode(since, problems[key], now)
+            last[key] = now
+        active[key] = episode
+    if alerts:
+        a = alerts[-1]
+        sent = Sent(now, a.condition, a.text, a.recovery)
+    return AlertState(active, last, sent), alerts
+
+
+def _ordered(keys: Iterable[str]) -> list[str]:
+    keys = set(keys)
+    return [k for k in CONDITIONS if k in keys] + sorted(keys - set(CONDITIONS))
+
+
+# conditions from observations --------------------------------------------------------------
+def battery_problem(health: PhoneHealth | None, now: datetime, was_low: bool) -> str | None:
+    """`battery low` while the last sample shows <= BATTERY_LOW % on battery, and until it
+    shows BATTERY_OK % or the phone plugged in; None with no recent sample."""
+    if health is None or health.at is None or health.battery_percent is None:
+        return None
+    if not timedelta(0) <= now - health.at <= SAMPLE_STALE:
+        return None
+    if health.on_power:
+        return None
+    limit = BATTERY_OK if was_low else BATTERY_LOW + 1
+    if health.battery_percent >= limit:
+        return None
+    return f"{health.battery_percent}% and not plugged in"
+
+
+def stuck_problem(now: datetime, handoffs: Iterable[datetime | None], late: int,
+                  unknown: int, confirm_timeout: timedelta) -> str | None:
+    """`sends stuck`: parts handed to the phone with no record past `confirm_timeout`,
+    messages due but not sent for that long (`late`), or sends that ended with an unknown
+    outcome within it (`unknown`)."""
+    waiting = sum(1 for at in handoffs if at is not None and now - at > confirm_timeout)
+    found = []
+    if waiting:
+        found.append(f"{waiting} SMS part{'s' if waiting != 1 else ''} with no record on the "
+                     f"phone after {_span(confirm_timeout)}")
+    if unknown:
+        found.append(f"{unknown} message{'s' if unknown != 1 else ''} failed with an unknown "
+                     "outcome")
+    if late:
+        found.append(f"{late} message{'s' if late != 1 else ''} due but not sent for over "
+                     f"{_span(confirm_timeout)}")
+    return "; ".join(found) or None

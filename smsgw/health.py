@@ -1,0 +1,88 @@
+"""The phone's health as last sampled: battery, SIM and network (a typed value the store
+keeps beside the records; owner: the gateway's health step).
+
+A leaf module like models.py: the phone produces a PhoneHealth, the store keeps it, the
+alert policy and `smsgw status` read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from .models import from_iso, to_iso
+
+# termux-battery-status `plugged` values meaning "on a power source" start with PLUGGED_
+# (PLUGGED_AC, PLUGGED_USB, PLUGGED_WIRELESS, PLUGGED_DOCK, PLUGGED_<n>); on battery it is
+# UNPLUGGED (BatteryStatusAPI.java).
+UNPLUGGED = "UNPLUGGED"
+_CHARGING_STATES = ("CHARGING", "FULL")
+
+
+@dataclass(frozen=True)
+class PhoneHealth:
+    """One sample of the phone's health. Every field is None when it could not be read.
+
+    Battery fields are as termux-battery-status spells them (`plugged` PLUGGED_AC,
+    UNPLUGGED, ...; `battery_status` CHARGING, DISCHARGING, FULL, NOT_CHARGING, UNKNOWN;
+    `battery_health` GOOD, OVERHEAT, DEAD, ...); SIM and network fields as
+    termux-telephony-deviceinfo does (`sim_state` ready, absent, pin_required, ...;
+    `network_type` lte, nr, umts, ...; `data_state` connected, disconnected, ...).
+    `problem` says what could not be read and why (a hang, a missing permission), or None.
+    `at` is when the gateway took the sample.
+    """
+
+    battery_percent: int | None = None
+    plugged: str | None = None
+    battery_status: str | None = None
+    battery_health: str | None = None
+    temperature: float | None = None
+    sim_state: str | None = None
+    network_operator: str | None = None
+    network_type: str | None = None
+    data_state: str | None = None
+    problem: str | None = None
+    at: datetime | None = None
+
+    @property
+    def on_power(self) -> bool | None:
+        """Whether the phone is plugged in (or charging), None when unknown."""
+        if self.plugged is not None:
+            return self.plugged != UNPLUGGED
+        if self.battery_status is not None and self.battery_status != "UNKNOWN":
+            return self.battery_status in _CHARGING_STATES
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["at"] = to_iso(self.at)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PhoneHealth:
+        """Built from to_dict(); unknown keys (from a newer smsgw) are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["at"] = from_iso(values.get("at"))
+        return cls(**values)
+
+    def describe(self) -> str:
+        """One line for people: `battery 80% PLUGGED_AC (CHARGING, GOOD, 31.5 °C); SIM
+        ready; network Safaricom lte`."""
+        parts = []
+        if self.battery_percent is not None or self.plugged is not None:
+            details = [d for d in (self.battery_status, self.battery_health) if d]
+            if self.temperature is not None:
+                details.append(f"{self.temperature:g} °C")
+            pct = "?" if self.battery_percent is None else f"{self.battery_percent}%"
+            parts.append(f"battery {pct} {self.plugged or ''}".rstrip()
+                         + (f" ({', '.join(details)})" if details else ""))
+        if self.sim_state is not None:
+            parts.append(f"SIM {self.sim_state}")
+        if self.network_operator or self.network_type:
+            name = self.network_operator or "no operator"
+            parts.append(f"network {name} {self.network_type or ''}".rstrip())
+        if self.problem:
+            parts.append(f"not read: {self.problem}")
+        return "; ".join(parts) or "nothing could be read"
