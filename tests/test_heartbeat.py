@@ -331,6 +331,14 @@ def test_report_health_is_accepted_by_every_flavour(
     assert second["queued"] == 1
     assert isinstance(second["oldest_queued_s"], int) and second["oldest_queued_s"] >= 0
     assert second["failed_24h"] == 1
+    # The next run's POSTs carry the battery the phone reported (the simulated phone: 80 %,
+    # on AC), sampled by the health step of the first run.
+    webapp.queue("+254700000002", "after a health sample", id="good-2")
+    proc = smsgw("run", "--phone", "simulated", "--once")
+    assert proc.returncode == 0, proc.stderr
+    later = [e["body"]["smsgw"] for e in webapp.snapshot()["raw"][len(raw):]]
+    assert later and all(h["battery"] == {"percentage": 80, "plugged": "PLUGGED_AC"}
+                         for h in later), later
 
 
 def test_without_report_health_the_post_is_byte_for_byte_the_protocols(
