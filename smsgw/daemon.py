@@ -213,7 +213,8 @@ class Daemon:
         early_wake = signal.signal(signal.SIGUSR1, self._on_wake)
         try:
             lock.acquire({"pid": os.getpid(), "started": to_iso(self.clock()),
-                          "interval": self.interval})
+                          "interval": self.interval,
+                          "phone": getattr(self.gateway.phone, "name", None)})
         except BaseException:
             signal.signal(signal.SIGUSR1, early_wake)
             raise

@@ -31,7 +31,7 @@ def open_phone(paths: Paths) -> SimulatedPhone:
 def receive(paths: Paths, sender: str, text: str) -> Outcome:
     """`smsgw simulate receive`: an SMS from `sender` arrives on the simulated phone; a
     running daemon is woken so it forwards it at once."""
-    from .daemon import wake
+    from .daemon import daemon_running, wake
 
     try:
         number = normalize_number(sender)
@@ -40,6 +40,11 @@ def receive(paths: Paths, sender: str, text: str) -> Outcome:
                         "(e.g. +15550001111)") from None
     open_phone(paths).receive(number, text)
     out = [f"the simulated phone received an SMS from {number}"]
+    phone = (daemon_running(paths) or {}).get("phone")
+    if phone not in (None, "simulated"):
+        out.append(f"the running smsgw uses the {phone} phone, not this one: the SMS waits "
+                   "for `smsgw run --phone simulated`")
+        return Outcome(out=out)
     pid = wake(paths)
     if pid is None:
         out.append("no daemon is running: `smsgw run --phone simulated` forwards it")

@@ -461,3 +461,20 @@ def test_a_second_instance_sees_every_change_at_once(phone_file: Path) -> None:
     assert stat.S_IMODE(phone_file.stat().st_mode) == 0o600
     assert sorted(p.name for p in phone_file.parent.iterdir()) == [
         FILE_NAME, FILE_NAME + ".lock"]
+
+
+def test_receive_says_when_the_running_daemon_uses_the_termux_phone(
+        tmp_path: Path, make_webapp: Any) -> None:
+    from fakes import FakeTermux
+
+    fake = FakeTermux(tmp_path / "fake-termux")
+    sm = SmsgwRunner(tmp_path, {k: v for k, v in fake.env.items()
+                                if k in ("PATH", "FAKE_TERMUX_DIR")})
+    webapp: ReferenceWebapp = make_webapp()
+    assert sm("config", "--url", webapp.url, "--no-check").returncode == 0
+    with sm.daemon(out=tmp_path / "run.log"):
+        wait_for(lambda: sm.pid_file.exists(), TIMEOUT, "the daemon to start")
+        proc = sm("simulate", "receive", "+15550001111", "nobody reads this")
+        assert proc.returncode == 0, proc.stderr
+        assert "uses the termux phone, not this one" in proc.stdout, proc.stdout
+        assert "woke smsgw" not in proc.stdout
