@@ -258,7 +258,9 @@ def test_cancel_refused_once_handed_to_the_phone_or_finished(
     assert proc.stderr == "w-sent: is SENT: already sent; nothing to cancel\n"
     assert {m["id"]: m["state"] for m in smsgw.listed()["from_webapp"]} == states
     proc = smsgw("cancel")
-    assert proc.returncode == ExitCode.USAGE and "Usage:" in proc.stderr
+    # one line in the one error style (issue #13 item 9), pointing at the command's help
+    assert proc.returncode == ExitCode.USAGE
+    assert proc.stderr == "smsgw: error: missing argument 'IDS...' (see smsgw cancel --help)\n"
 
 
 # id prefixes -------------------------------------------------------------------------------

@@ -214,26 +214,11 @@ class Archive:
         """The archived record of that kind and id (of that namespace, if given), in its
         latest form; None when it is not archived or was brought back into the queue.
         Reads every file: for the commands, not for the cycle."""
-        found: dict[Ref, tuple[int, dict[str, Any] | None]] = {}
-        for path in self._files():
-            for _, _, entry in self._lines(path):
-                rec = entry.get("record") or {}
-                if not isinstance(rec, dict) or rec.get("id") != msg_id or (
-                        local is not None and (rec.get("local") is True) != local):
-                    continue
-                seq = entry.get("seq") if isinstance(entry.get("seq"), int) else 0
-                ref = _ref(rec)
-                if ref in found and found[ref][0] > seq:
-                    continue
-                if entry.get("kind") == kind:
-                    found[ref] = (seq, rec)
-                elif entry.get("kind") == REVIVED and kind == "out":
-                    found[ref] = (seq, None)
+        found = [rec for rec in self.matching(kind, msg_id) if rec["id"] == msg_id and (
+            local is None or (rec.get("local") is True) == local)]
         # a webapp id before a local one, as `smsgw retry ID` looks them up
-        for ref in sorted(found, key=lambda r: r.local):
-            if found[ref][1] is not None:
-                return found[ref][1]
-        return None
+        found.sort(key=lambda rec: rec.get("local") is True)
+        return found[0] if found else None
 
     def matching(self, kind: str, prefix: str) -> list[dict[str, Any]]:
         """The archived records of that kind whose id starts with `prefix` (an exact id

@@ -509,6 +509,19 @@ class Store:
             return sorted({m.id for m, _ in found})
         return None
 
+    def _named(self, u: Unit, ids: list[str], result: RetryResult | CancelResult
+               ) -> Iterator[tuple[Outgoing, bool]]:
+        """(message, archived) for each id or prefix a person gave that names one message;
+        the others are noted in `result` as not found or ambiguous."""
+        for text in ids:
+            found = self._resolve(u, text)
+            if isinstance(found, list):
+                result.ambiguous.append((text, found))
+            elif found is None:
+                result.not_found.append(text)
+            else:
+                yield found
+
     def retry(self, ids: list[str], all_failed: bool, now: datetime) -> RetryResult:
         """Restart FAILED messages from retry #1 (`smsgw retry`), in one unit of work.
 
@@ -521,15 +534,7 @@ class Store:
             targets: list[Outgoing] = []
             if all_failed:
                 targets = [m for m in u.outgoing() if m.state is OutState.FAILED]
-            for text in ids:
-                found = self._resolve(u, text)
-                if isinstance(found, list):
-                    result.ambiguous.append((text, found))
-                    continue
-                if found is None:
-                    result.not_found.append(text)
-                    continue
-                msg, archived = found
+            for msg, archived in self._named(u, ids, result):
                 if archived and msg.state is OutState.FAILED:
                     self.archive.revive(now, msg.ref)
                     u.add(msg)
@@ -560,15 +565,7 @@ class Store:
         """
         result = CancelResult()
         with self.unit(now) as u:
-            for text in ids:
-                found = self._resolve(u, text)
-                if isinstance(found, list):
-                    result.ambiguous.append((text, found))
-                    continue
-                if found is None:
-                    result.not_found.append(text)
-                    continue
-                msg, archived = found
+            for msg, archived in self._named(u, ids, result):
                 if archived or msg.state is not OutState.UNSENT:
                     result.wrong_state.append((msg.id, msg.state.value))
                     continue
