@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -28,6 +29,22 @@ class Clock:
         """Move forward by `seconds` and return the new time."""
         self.now += timedelta(seconds=seconds)
         return self.now
+
+
+@pytest.fixture(autouse=True)
+def _smsgw_logging_restored() -> Iterator[None]:
+    """A command run in this process (`main([...])`) sets up smsgw's logging for good, as
+    it does in its own process: put the "smsgw" logger back as it was after each test, so
+    no test inherits another's log file or propagation."""
+    log = logging.getLogger("smsgw")
+    handlers, propagate, level = list(log.handlers), log.propagate, log.level
+    yield
+    for handler in log.handlers:
+        if handler not in handlers:
+            handler.close()
+    log.handlers[:] = handlers
+    log.propagate = propagate
+    log.setLevel(level)
 
 
 @pytest.fixture
