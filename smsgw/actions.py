@@ -5,12 +5,13 @@ in cli.py. Nothing here imports requests except `configure`, and only when it mu
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from .config import Paths, Settings, redact_ping_url, redact_url, scrub
+from .config import SPECS, Paths, Settings, redact_ping_url, redact_setting, redact_url, scrub
 from .errors import ExitCode, UserError
 from .models import printable
 
@@ -121,20 +122,19 @@ def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
     return result
 
 
-# Settings that hold secrets, and how each is shown: in output and in the event log alike.
-_REDACTED = {"url": redact_url, "ping_url": redact_ping_url}
+# Settings that hold secrets (config.Spec.secret), and how each is shown: in output and in
+# the event log alike.
+_REDACTED = {name: functools.partial(redact_setting, name)
+             for name, spec in SPECS.items() if spec.secret}
 
 
 def _log_changes(old: Settings, new: Settings) -> None:
-    """One line of the event log for each setting changed, the URL redacted."""
+    """One line of the event log for each setting changed, secret ones redacted."""
     before, after = old.to_dict(), new.to_dict()
     for name, value in after.items():
         if value != before.get(name):
-            was = before.get(name)
-            redact = _REDACTED.get(name)
-            if redact is not None:
-                was, value = redact(was), redact(value)
-            logger.info("config: %s changed: %s -> %s (%s)", name, was, value,
+            logger.info("config: %s changed: %s -> %s (%s)", name,
+                        redact_setting(name, before.get(name)), redact_setting(name, value),
                         _OPTION_OF.get(name, name))
 
 

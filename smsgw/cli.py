@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .config import Paths, Settings, default_paths, load_settings, scrub
+from .config import Paths, Settings, default_paths, load_settings, scrub_secrets, secrets_of
 from .errors import Error, ExitCode, InternalError, UserError
 
 logger = logging.getLogger("smsgw")
@@ -49,17 +49,34 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
+def _secrets(url: str | None = None) -> tuple[str, ...]:
+    """What no text of smsgw may show: the secrets of the saved settings (webapp URL, ping
+    URL, see config.Spec.secret), of SMSGW_URL, and of `url` (one being set now)."""
+    saved = None
+    with contextlib.suppress(Error, OSError):  # the file alone: a bad SMSGW_URL hides nothing
+        saved = load_settings(default_paths(), env={})
+    given = [u for u in (url, os.environ.get("SMSGW_URL")) if u]
+    return secrets_of(saved, *(Settings(url=u) for u in given))
+
+
 class SecretFilter(logging.Filter):
-    """Last line of defence: the URL's secrets never reach a log line."""
+    """Last line of defence: no secret of the settings (nor of `url`, one being set) reaches
+    a log line, whether in its message or in its traceback."""
 
     def __init__(self, url: str | None) -> None:
         super().__init__()
-        self.url = url
+        self.secrets = _secrets(url)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.url:
-            record.msg = scrub(record.getMessage(), self.url)
+        if self.secrets:
+            record.msg = scrub_secrets(record.getMessage(), self.secrets)
             record.args = None
+            if record.exc_info and not record.exc_text:  # formatted here, so scrubbed
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = scrub_secrets(record.exc_text, self.secrets)
+            if record.stack_info:
+                record.stack_info = scrub_secrets(record.stack_info, self.secrets)
         return True
 
 
@@ -674,6 +691,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="smsgw", standalone_mode=False)
+    except _NO_ARGS_IS_HELP as exc:  # `smsgw`, `smsgw simulate`: the help, as click shows it
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         _fail("aborted; nothing was changed", ExitCode.ERROR, debug)
     except click.ClickException as exc:
@@ -695,6 +715,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the promise: no traceback without --debug
         _internal(exc, debug)
     sys.exit(ExitCode.OK)
+
+
+# click 8.2+ raises this (a UsageError) for a group run without its command; before, it
+# printed the help itself.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _click_error(exc: click.ClickException, args: list[str]) -> str:
@@ -722,27 +747,24 @@ def _internal(exc: BaseException, debug: bool) -> None:
         if not logging.getLogger("smsgw").handlers:
             import traceback
 
-            url = load_settings(paths).url if paths.config_file.exists() else None
             paths.ensure()
             from .config import open_private
 
             fd = open_private(paths.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             with os.fdopen(fd, "a", encoding="utf-8") as fh:
-                fh.write(scrub("".join(traceback.format_exception(exc)), url))
+                fh.write(scrub_secrets("".join(traceback.format_exception(exc)), _secrets()))
         where = f"the traceback is in {paths.log_file}; run with --debug to see it here"
     _fail(f"internal error (a bug in smsgw, please report it): {type(exc).__name__}: {exc}; "
           f"{where}", ExitCode.ERROR, debug)
 
 
 def _fail(text: str, code: int, debug: bool) -> None:
-    url = None
-    with contextlib.suppress(Error):
-        url = load_settings(default_paths()).url
+    secrets = _secrets()
     if debug:
         import traceback
 
-        click.echo(scrub(traceback.format_exc(), url), err=True)
-    click.echo(f"smsgw: error: {scrub(text, url)}", err=True)
+        click.echo(scrub_secrets(traceback.format_exc(), secrets), err=True)
+    click.echo(f"smsgw: error: {scrub_secrets(text, secrets)}", err=True)
     sys.exit(code)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit, urlunsplit
 
-from .errors import InternalError, UserError
+from .errors import InternalError, UserError, os_error_text
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ class Spec:
     `kind` is bool, int (a whole number; an integral float is taken too), float (int or
     float) or str. `option` is the `smsgw config` option that sets it, if any, and
     `null_words` how that option spells "none". `unit` names what the number counts.
+    A `secret` setting is never shown whole: output and the event log show it redacted
+    (`redact_setting`), and every text smsgw prints or logs is scrubbed of what it holds
+    (`secrets_of`). The webapp URL (`is_url`) hides its password, user name alone and
+    query values; another secret is a token URL such as a heartbeat's, its path hidden too.
     """
 
     kind: type
@@ -88,6 +92,7 @@ class Spec:
     null_words: tuple[str, ...] = ()
     unit: str = ""
     is_url: bool = False
+    secret: bool = False
     what: str = "a file path"  # what a text setting holds
     check: Callable[[str], str] | None = None  # checks a text value (UserError), no secrets
     pattern: str | None = None  # a text setting must match it (spaces, dashes, dots dropped)
@@ -116,7 +121,7 @@ class Spec:
 
 
 SPECS: dict[str, Spec] = {
-    "url": Spec(str, nullable=True, option="--url", is_url=True),
+    "url": Spec(str, nullable=True, option="--url", is_url=True, secret=True),
     "interval": Spec(int, 1, DAY, option="--interval"),
     "cdma_mode": Spec(bool, option="--cdma/--no-cdma"),
     "cdma_prefix": Spec(bool, option="--cdma-prefix/--no-cdma-prefix"),
@@ -138,7 +143,8 @@ SPECS: dict[str, Spec] = {
     "allow_redirects_to": Spec(str, nullable=True, option="--allow-redirects-to",
                                null_words=("", "none"), what="host names, comma-separated"),
     "ping_url": Spec(str, nullable=True, option="--ping-url", null_words=("", "none"),
-                     what="an http:// or https:// URL", check=lambda u: validate_ping_url(u)),
+                     what="an http:// or https:// URL", check=lambda u: validate_ping_url(u),
+                     secret=True),
     "ping_every": Spec(int, 10, DAY, option="--ping-every", unit="seconds"),
     "report_health": Spec(bool, option="--report-health/--no-report-health"),
     "alert_to": Spec(str, nullable=True, option="--alert-to", null_words=("", "none", "off"),
@@ -190,7 +196,7 @@ def validate_setting(name: str, value: Any, source: str) -> Any:
     `source` is where the value came from, for the message: an option (`--interval`), an
     environment variable (`SMSGW_URL`), or else a file (`/path/config.json`). A wrong type
     (a bool is not a number, text is not a number) or a value out of bounds raises one
-    UserError line naming it. The URL itself never appears in a message.
+    UserError line naming it. A secret setting's value never appears in a message.
     """
     spec = SPECS.get(name)
     if spec is None:
@@ -202,7 +208,7 @@ def validate_setting(name: str, value: Any, source: str) -> Any:
     else:
         checked = _check_type(spec, value)
     if checked is _NOT_VALID:
-        got = "" if spec.is_url else f" (got {_shown(value)})"
+        got = "" if spec.secret else f" (got {_shown(value)})"
         wanted = spec.describe(for_option=source.startswith("-"))
         raise _setting_error(name, source, f"must be {wanted}{got}")
     if spec.is_url:
@@ -216,7 +222,8 @@ def validate_setting(name: str, value: Any, source: str) -> Any:
         try:
             return spec.check(checked)
         except UserError as exc:
-            raise _setting_error(name, source, f"is not usable: {exc}") from None
+            problem = scrub_secrets(str(exc), tuple(setting_secrets(name, checked)))
+            raise _setting_error(name, source, f"is not usable: {problem}") from None
     return checked
 
 
@@ -332,8 +339,6 @@ def make_private_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        from .errors import os_error_text
-
         raise UserError(os_error_text(exc, "create the folder")
                         or f"cannot create the folder {folder}: {exc.strerror}") from None
     check_private_dir(folder)
@@ -478,25 +483,14 @@ def save_settings(paths: Paths, settings: Settings) -> None:
 def validate_url(url: str) -> str:
     """Check a webapp URL: http(s), a host, and a password the protocol allows."""
     url = url.strip()
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        raise UserError("the URL contains spaces or control characters; percent-encode them")
+    _refuse_spaces(url)
     _refuse_hidden_password(url)
     if _USER_CUT.match(url):
         raise UserError(
             "the user name of the URL must not contain '/', '?' or '#': they end the host "
             "name early, and the password would travel in the path"
         )
-    try:
-        parts = urlsplit(url)
-        _ = parts.port
-    except ValueError as exc:
-        raise UserError(f"not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https"):
-        raise UserError("the URL must start with http:// or https://")
-    if not parts.hostname:
-        raise UserError("the URL has no host name")
-    if not re.fullmatch(r"[\w.-]+|[0-9a-f:.]+", parts.hostname):
-        raise UserError(f"not a valid host name: {parts.hostname!r}")
+    parts = _split_http_url(url, detail=True)
     if parts.password is not None:
         password = unquote(parts.password)
         for ch in password:
@@ -513,18 +507,43 @@ def validate_url(url: str) -> str:
 def validate_ping_url(url: str) -> str:
     """Check a heartbeat URL (http or https, a host); the message never shows the URL."""
     url = url.strip()
+    _refuse_spaces(url)
+    _split_http_url(url, detail=False)
+    return url
+
+
+def _refuse_spaces(url: str) -> None:
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise UserError("the URL contains spaces or control characters; percent-encode them")
+
+
+def _split_http_url(url: str, detail: bool) -> SplitResult:
+    """The parts of an http(s) URL that has a valid host name and port, or a UserError.
+    With `detail`, a parse error says what the parser found (it may quote part of the URL,
+    so the caller scrubs it)."""
     try:
         parts = urlsplit(url)
         _ = parts.port
-    except ValueError:
-        raise UserError("not a valid URL") from None
+    except ValueError as exc:
+        raise UserError(f"not a valid URL: {exc}" if detail else "not a valid URL") from None
     if parts.scheme not in ("http", "https"):
         raise UserError("the URL must start with http:// or https://")
-    if not parts.hostname or not re.fullmatch(r"[\w.-]+|[0-9a-f:.]+", parts.hostname):
-        raise UserError("the URL has no valid host name")
-    return url
+    if not parts.hostname:
+        raise UserError("the URL has no host name")
+    if not re.fullmatch(r"[\w.-]+|[0-9a-f:.]+", parts.hostname):
+        raise UserError(f"not a valid host name: {parts.hostname!r}")
+    return parts
+
+
+def _host_port(parts: SplitResult) -> str:
+    """`host`, `host:port`, `[v6]:port` of parsed URL parts: no user info (ValueError for a
+    bad port)."""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host += f":{parts.port}"
+    return host
 
 
 def redact_ping_url(url: str | None) -> str | None:
@@ -534,14 +553,11 @@ def redact_ping_url(url: str | None) -> str | None:
         return None
     try:
         parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port
+        if not parts.hostname:
+            return "<invalid URL>"
+        host = _host_port(parts)
     except ValueError:
         return "<invalid URL>"
-    if not host:
-        return "<invalid URL>"
-    host = f"[{host}]" if ":" in host else host
-    host += f":{port}" if port is not None else ""
     return f"{parts.scheme}://{host}/***"
 
 
@@ -578,32 +594,26 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url, None
-    netloc = parts.hostname or ""
-    if ":" in netloc:
-        netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    bare = urlunsplit(SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    bare = urlunsplit(SplitResult(parts.scheme, _host_port(parts), parts.path, parts.query,
+                                  parts.fragment))
     return bare, (unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def redact_url(url: str | None) -> str | None:
-    """The URL for display: password and query values replaced by ***."""
+    """The URL for display: password and query values replaced by ***, and a user name
+    that stands alone (a token, see url_secrets) too."""
     if url is None:
         return None
     try:
         parts = urlsplit(url)
         if not parts.hostname:
             return "<invalid URL>"
-        host = parts.hostname
-        if ":" in host:
-            host = f"[{host}]"
-        if parts.port is not None:
-            host += f":{parts.port}"
+        host = _host_port(parts)
     except ValueError:
         return "<invalid URL>"
     if parts.username is not None:
-        user = parts.username + (":***" if parts.password is not None else "")
+        user = (parts.username + ":***" if parts.password is not None
+                else "***" if parts.username else "")
         host = f"{user}@{host}"
     query = re.sub(r"=([^&]*)", "=***", parts.query)
     shown = urlunsplit(SplitResult(parts.scheme, host, parts.path, query, ""))
@@ -645,6 +655,56 @@ def url_secrets(url: str | None) -> list[str]:
     return sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
 
 
+def ping_secrets(url: str) -> list[str]:
+    """What a heartbeat URL may hide, longest first: the webapp URL's kinds of secrets
+    plus its path and each path segment (raw and decoded), where monitoring services put
+    their token. A piece that is plain words (`ping`, `api/push`, a slug such as
+    `smsgw-phone`: lower-case letters, maybe joined by - _ or /) is no token: hiding it would
+    blank that word in every line of the event log."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return [url]
+    found = set(url_secrets(url))
+    for piece in [path.strip("/"), *path.split("/")]:
+        found.update(s for s in (piece, unquote(piece))
+                     if len(s) >= 3 and not _PLAIN_WORDS.fullmatch(s))
+    return sorted(found, key=len, reverse=True)
+
+
+_PLAIN_WORDS = re.compile(r"[a-z]+(?:[-_/][a-z]+)*")
+
+
+def setting_secrets(name: str, value: Any) -> list[str]:
+    """The secret strings the value of setting `name` holds (none unless its Spec is
+    `secret`), longest first."""
+    spec = SPECS.get(name)
+    if spec is None or not spec.secret or not value or not isinstance(value, str):
+        return []
+    return url_secrets(value) if spec.is_url else ping_secrets(value)
+
+
+def secrets_of(*sources: Settings | None) -> tuple[str, ...]:
+    """Every secret the settings hold (the webapp URL's password, the heartbeat URL's
+    token, ...), longest first: what `scrub_secrets` removes from a text bound for a log,
+    the output or an error."""
+    found: set[str] = set()
+    for settings in sources:
+        if settings is not None:
+            for name in SPECS:
+                found.update(setting_secrets(name, getattr(settings, name, None)))
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def redact_setting(name: str, value: Any) -> Any:
+    """A setting's value for display: a secret one redacted (`redact_url` for the webapp
+    URL, `redact_ping_url` for a token URL), any other as it is."""
+    spec = SPECS.get(name)
+    if spec is None or not spec.secret or not isinstance(value, str):
+        return value
+    return redact_url(value) if spec.is_url else redact_ping_url(value)
+
+
 def _base64_spellings(text: str) -> list[str]:
     """base64 of `text` as latin-1 (what requests sends) and UTF-8, standard and URL-safe,
     with and without the padding."""
@@ -669,8 +729,19 @@ def scrub(text: str, url: str | None) -> str:
     """
     if not url or not text:
         return text
+    return _scrub(text, _url_patterns(url))
+
+
+def scrub_secrets(text: str, secrets: tuple[str, ...]) -> str:
+    """Remove `secrets` (from `secrets_of`) from a text, in every spelling `scrub` knows."""
+    if not secrets or not text:
+        return text
+    return _scrub(text, _patterns(secrets))
+
+
+def _scrub(text: str, patterns: tuple[re.Pattern[str], ...]) -> str:
     spans: list[tuple[int, int]] = []
-    for pattern in _secret_patterns(url):
+    for pattern in patterns:
         spans += [m.span() for m in pattern.finditer(text) if m.end() > m.start()]
     if not spans:
         return text
@@ -690,8 +761,13 @@ def scrub(text: str, url: str | None) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _secret_patterns(url: str) -> tuple[re.Pattern[str], ...]:
-    return tuple(re.compile(_secret_pattern(secret)) for secret in url_secrets(url))
+def _url_patterns(url: str) -> tuple[re.Pattern[str], ...]:
+    return _patterns(tuple(url_secrets(url)))
+
+
+@functools.lru_cache(maxsize=32)
+def _patterns(secrets: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(_secret_pattern(secret)) for secret in secrets)
 
 
 def _secret_pattern(secret: str) -> str:

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import SplitResult, unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -32,7 +32,7 @@ from requests.auth import HTTPBasicAuth
 from urllib3.util.retry import Retry
 
 from . import __version__
-from .config import redact_url, scrub, split_credentials, url_secrets
+from .config import ping_secrets, redact_url, scrub, scrub_secrets, split_credentials
 from .errors import WebappError
 from .models import Offered, json_type
 
@@ -898,20 +898,6 @@ class WebappClient:
 
 # --- heartbeat pings -------------------------------------------------------------------
 
-def ping_secrets(url: str) -> list[str]:
-    """What a heartbeat URL may hide, longest first: the webapp URL's kinds of secrets
-    plus its path and each path segment (raw and decoded), where monitoring services put
-    their token."""
-    try:
-        path = urlsplit(url).path
-    except ValueError:
-        return [url]
-    found = set(url_secrets(url))
-    for piece in [path.strip("/"), *path.split("/")]:
-        found.update(s for s in (piece, unquote(piece)) if len(s) >= 3)
-    return sorted(found, key=len, reverse=True)
-
-
 class Pinger:
     """GETs heartbeat URLs (a monitoring service's), one at a time, each cut at `timeout`.
 
@@ -920,11 +906,10 @@ class Pinger:
     the network or the service does; its texts hold no secret of the URL.
     """
 
-    def __init__(self, url: str, *, timeout: float = 10.0, ca_bundle: str | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
         self._url = url
-        self._secrets = ping_secrets(url)
+        self._secrets = tuple(ping_secrets(url))
         self._timeout = timeout
-        self._verify: bool | str = ca_bundle or True
         session = requests.Session()
         session.headers["User-Agent"] = (
             f"smsgw/{__version__} {requests.utils.default_user_agent()}")
@@ -938,9 +923,7 @@ class Pinger:
 
     def scrub(self, text: str) -> str:
         """The text without the URL's secrets (token in the path, password, query)."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return scrub(text, self._url)
+        return scrub_secrets(text, self._secrets)
 
     def get(self, url: str) -> tuple[bool, str]:
         """GET `url` (the ping URL or a variant of it): (True, "HTTP 200") for a 2xx,
@@ -955,7 +938,7 @@ class Pinger:
             try:
                 response = self._session.get(
                     url, timeout=(self._timeout, self._timeout), allow_redirects=False,
-                    stream=True, verify=self._verify)
+                    stream=True)
                 with response:
                     with contextlib.suppress(*NETWORK_ERRORS, _Ended):
                         for _ in response.iter_content(1024):  # let the service finish
