@@ -52,6 +52,21 @@ def test_usage_errors_are_one_line_with_where_to_look(smsgw: SmsgwRunner, args: 
         assert word in line, (word, line)
 
 
+@pytest.mark.parametrize("args, usage, listed", [
+    ([], "Usage: smsgw [OPTIONS] COMMAND [ARGS]...", "status"),
+    (["simulate"], "Usage: smsgw simulate [OPTIONS] COMMAND [ARGS]...", "receive"),
+])
+def test_a_group_without_its_command_shows_the_help(smsgw: SmsgwRunner, args: list[str],
+                                                    usage: str, listed: str) -> None:
+    proc = smsgw(*args)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr  # as click itself exits
+    lines = proc.stderr.splitlines()
+    assert lines[0] == usage, proc.stderr
+    assert "Commands:" in lines
+    assert any(line.split()[:1] == [listed] for line in lines), proc.stderr
+    assert "smsgw: error" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_testserver_on_a_port_in_use_says_to_pick_another(smsgw: SmsgwRunner) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
