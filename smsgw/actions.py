@@ -773,4 +773,8 @@ def restore(paths: Paths, file: str, now: datetime) -> Outcome:
     if done.newer:
         out.append(f"{done.newer} message(s) taken from the previous state, where they were "
                    "newer")
+    if done.waiting_sms or done.waiting_updates:
+        out.append(f"kept from the previous state, still to go to the webapp: "
+                   f"{done.waiting_sms} received SMS, {done.waiting_updates} status "
+                   "update(s)")
     return Outcome(out=out)

@@ -224,3 +224,59 @@ def test_an_sms_forwarded_since_the_backup_is_not_forwarded_again(
     smsgw.ok("run", "--once")
     assert [m["content"] for m in webapp.received()] == ["after the backup",
                                                          "after the restore"]
+
+
+def test_an_sms_stored_since_the_backup_and_not_yet_forwarded_survives_a_restore(
+        smsgw: Smsgw, webapp: ReferenceWebapp, fake_termux: FakeTermux) -> None:
+    smsgw.ok("config", "--url", webapp.url, "--no-check")
+    smsgw.ok("run", "--once")  # the inbox is read once: its position is set
+    path = Path(smsgw.ok("backup").strip())
+    fake_termux.receive("+254711000001", "stored, not yet forwarded")
+    webapp.set_fault("status", count=10)  # the webapp is down: the SMS waits in the state
+    proc = smsgw("run", "--once")
+    assert proc.returncode == ExitCode.WEBAPP_FAILING, proc.stderr
+    assert webapp.received() == []
+    webapp.clear_faults()
+
+    out = smsgw.ok("restore", str(path))  # the current state still loads
+    assert "1 received SMS" in out, out
+    smsgw.ok("run", "--once")
+    smsgw.ok("run", "--once")
+    assert [m["content"] for m in webapp.received()] == ["stored, not yet forwarded"]
+
+
+def test_restore_keeps_the_statuses_not_yet_posted_and_posts_none_older(
+        smsgw: Smsgw, webapp: ReferenceWebapp, fake_termux: FakeTermux) -> None:
+    rank = {"UNSENT": 0, "PENDING": 1, "SENT": 2, "DELIVERED": 3, "FAILED": 4}
+    smsgw.ok("config", "--url", webapp.url, "--no-check", "--max-per-minute", "1")
+    a = webapp.queue("+254700000001", "first")
+    b = webapp.queue("+254700000002", "second")
+    c = webapp.queue("+254700000003", "third")
+    smsgw.ok("run", "--once")  # A is sent; B and C wait for the rate budget
+    # B is cancelled and retried at once: its UNSENT is queued for the webapp, and the
+    # backup holds it queued.
+    smsgw.ok("cancel", b)
+    smsgw.ok("retry", b)
+    path = Path(smsgw.ok("backup").strip())
+
+    fake_termux.set_mode(no_row=1, clock_offset=70)  # B and C stay awaiting the phone
+    smsgw.ok("run", "--once", offset=70)  # A SENT; B sent
+    fake_termux.set_mode(clock_offset=140)
+    smsgw.ok("run", "--once", offset=140)  # the webapp hears B PENDING; C sent
+    assert webapp.status_of(b) == "PENDING"
+    assert (smsgw.state_of(b), smsgw.state_of(c)) == ("PENDING", "PENDING")
+    assert webapp.status_of(c) == "UNSENT"  # C's PENDING is queued, not posted yet
+
+    out = smsgw.ok("restore", str(path), offset=150)
+    assert "1 status update(s)" in out, out
+    smsgw.ok("run", "--once", offset=160)
+    smsgw.ok("run", "--once", offset=170)
+    statuses = webapp.statuses()
+    assert statuses[c][-1] == "PENDING", statuses[c]  # posted after the restore
+    assert statuses[b][-1] == "PENDING", statuses[b]
+    assert statuses[a][-1] == "SENT", statuses[a]
+    for msg_id in (a, b, c):  # never an older status after a newer one
+        seen = [rank[s] for s in statuses[msg_id]]
+        assert seen == sorted(seen), (msg_id, statuses[msg_id])
+    sends = sorted(call["argv"][1] for call in fake_termux.calls("termux-sms-send"))
+    assert sends == ["+254700000001", "+254700000002", "+254700000003"], sends
