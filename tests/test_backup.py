@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import stat
 import subprocess
 from collections.abc import Callable
@@ -12,6 +14,8 @@ import pytest
 from fakes import FakeTermux
 from runner import SmsgwRunner, wait_for
 
+from smsgw.config import Paths
+from smsgw.daemon import AlreadyRunning, DaemonLock, daemon_running
 from smsgw.errors import ExitCode
 from smsgw.testserver import ReferenceWebapp
 
@@ -280,3 +284,40 @@ def test_restore_keeps_the_statuses_not_yet_posted_and_posts_none_older(
         assert seen == sorted(seen), (msg_id, statuses[msg_id])
     sends = sorted(call["argv"][1] for call in fake_termux.calls("termux-sms-send"))
     assert sends == ["+254700000001", "+254700000002", "+254700000003"], sends
+
+
+def test_backup_and_restore_are_in_the_event_log(smsgw: Smsgw) -> None:
+    smsgw.ok("send", "+15551234567", "x")
+    path = Path(smsgw.ok("backup").strip())
+    smsgw.ok("restore", str(path))
+    log = smsgw.ok("log")
+    assert f"state backed up to {path}" in log, log
+    assert f"state restored from {path}" in log, log
+
+
+def test_backup_and_restore_work_with_damaged_settings(smsgw: Smsgw) -> None:
+    smsgw.ok("send", "+15551234567", "x")
+    smsgw.config_file.write_text("{damaged")  # a state to save is no reason to fix it first
+    path = Path(smsgw.ok("backup").strip())
+    assert "restored the state" in smsgw.ok("restore", str(path))
+
+
+def test_no_daemon_starts_while_a_restore_runs(smsgw: Smsgw, tmp_path: Path) -> None:
+    smsgw.ok("send", "+15551234567", "x")
+    path = Path(smsgw.ok("backup").strip())
+    paths = Paths(config_dir=smsgw.home, data_dir=smsgw.home)
+    # Hold the state lock, as a unit of work does: the restore waits for it, mid-way.
+    fd = os.open(smsgw.home / "state" / "state.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    restore = smsgw.popen("restore", str(path), out=tmp_path / "restore.out")
+    try:
+        wait_for(lambda: daemon_running(paths) is not None, 30,
+                 "the restore to hold the daemon lock")
+        with pytest.raises(AlreadyRunning):  # what `smsgw run` meets meanwhile
+            DaemonLock(paths).acquire({"pid": os.getpid()})
+        assert not smsgw.pid_file.exists()  # no pid for `smsgw hook` to signal
+    finally:
+        os.close(fd)
+        code = restore.wait(timeout=60)
+    assert code == 0, (tmp_path / "restore.out").read_text()
+    assert daemon_running(paths) is None
