@@ -9,12 +9,12 @@ newer than any backup) are not copied.
 
 A backup is older than the archive: a message that was queued in it may have been sent and
 archived since. A restore therefore drops from the restored queue every record the archive
-holds in a finished form (and queues its final status again for the webapp), remembers
+holds in a finished form (and queues its final status again for the webapp) and remembers
 the row keys of the SMS forwarded since (the inbox is read again from the backup's older
-position), and takes from a current state that still loads the newer copy of each outgoing
-record and of the inbox position, so nothing the phone was already given goes back to
-UNSENT, and its received SMS and status updates still waiting for the webapp (the
-backup's are among them or reached the webapp since), so none is lost or posted twice.
+position). From a current state that still loads it takes the newer copy of each outgoing
+record and the inbox position, so nothing the phone was already given goes back to UNSENT,
+and the received SMS and status updates still waiting for the webapp, so none is lost and
+none of the backup's, which reached the webapp since, is posted again.
 """
 
 from __future__ import annotations
@@ -241,9 +241,10 @@ def _take_newer(data: dict[str, Any], current: dict[str, Any] | None) -> int:
 def _take_queues(data: dict[str, Any], current: dict[str, Any] | None) -> tuple[int, int]:
     """Take the received SMS and the queued status updates of a current state that loads,
     whole: they are newer than the backup's. A record leaves these tables only when it is
-    forwarded (then archived) or posted, so one in the backup but not in the current state
-    has reached the webapp since, and posting it again would repeat it or, for a status,
-    tell the webapp an older one than it heard. Returns (SMS waiting, updates queued)."""
+    forwarded (then archived) or posted, or replaced by a newer status, so one in the backup
+    but not in the current state has reached the webapp since: posting it again would repeat
+    it or, for a status, tell the webapp an older one than it heard. Returns (SMS waiting,
+    updates queued)."""
     if current is None:
         return 0, 0
     incoming = dict(current.get("incoming") or {})
