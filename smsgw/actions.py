@@ -491,64 +491,15 @@ def cancel(paths: Paths, store: Store, ids: list[str], now: datetime) -> Outcome
 
 
 def stop(paths: Paths, timeout: float = 30.0) -> Outcome:
-    """`smsgw stop`: record that smsgw is stopped on purpose (the watchdog then leaves it
-    down until the next `smsgw run`), SIGTERM the daemon and wait up to `timeout` s for it
-    to exit. Under runit, refuse: runsv would start it again (`sv down smsgw` is the way)."""
-    import contextlib
-    import os
-    import signal
-    import time
+    """`smsgw stop`: stop the daemon on purpose and wait up to `timeout` s for it to exit
+    (see daemon.stop_daemon); the watchdog then leaves it down until the next `smsgw run`."""
+    from .daemon import stop_daemon
 
-    from .config import atomic_write_text
-    from .daemon import daemon_running, parent_name, stop_marker
-    from .models import to_iso, utcnow
-
-    info = daemon_running(paths)
-    pid = info.get("pid") if info else None
-    if pid and parent_name(int(pid)) == "runsv":
-        raise UserError(f"smsgw (pid {pid}) runs under runit, which would start it again: "
-                        "stop it with `sv down smsgw` (and `sv up smsgw` to start it)")
-
-    def mark() -> None:
-        try:
-            atomic_write_text(stop_marker(paths), f"{to_iso(utcnow())}\n")
-        except OSError as exc:
-            raise UserError(f"cannot write {stop_marker(paths)}: {exc.strerror}") from None
-
-    mark()
-    if info is None:
+    pid = stop_daemon(paths, timeout)
+    if pid is None:
         return Outcome(out=["smsgw is not running; it stays down until `smsgw run` (the "
                             "watchdog will not start it)"])
-    if not pid:
-        raise UserError(f"smsgw runs for {paths.data_dir} but its pid file is unreadable: "
-                        "stop it with `kill PID` (find it with `ps -ef | grep smsgw`)")
-    pid = int(pid)
-    with contextlib.suppress(ProcessLookupError):  # it just exited: the lock says so below
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while daemon_running(paths) is not None or not _exited(pid):
-        if time.monotonic() > deadline:
-            raise UserError(f"smsgw (pid {pid}) did not stop within {timeout:g} s (it "
-                            f"finishes a send before it stops): run `smsgw stop` again, or "
-                            f"`kill -9 {pid}` to cut it short")
-        time.sleep(0.1)
-    mark()  # again: a daemon that was just starting may have removed it
     return Outcome(out=[f"stopped smsgw (pid {pid}); it stays down until `smsgw run`"])
-
-
-def _exited(pid: int) -> bool:
-    """Whether process `pid` is gone (a zombie, awaiting its parent, counts as gone)."""
-    import os
-    from pathlib import Path
-
-    try:
-        os.kill(pid, 0)
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-    except ProcessLookupError:
-        return True
-    except OSError:  # no /proc: the released lock has to do
-        return True
-    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 # messages ----------------------------------------------------------------------------------
@@ -754,16 +705,22 @@ def restore(paths: Paths, file: str, now: datetime) -> Outcome:
     state is kept beside it; messages finished since the backup are not queued again."""
     from pathlib import Path
 
-    from .daemon import AlreadyRunning, daemon_running
+    from .daemon import AlreadyRunning, DaemonLock, read_pid_info
     from .store import backup as backups
 
-    info = daemon_running(paths)
-    if info is not None:
-        raise AlreadyRunning(
-            f"smsgw is running for {paths.data_dir} (pid {info.get('pid') or '?'}): stop it "
-            "first (`smsgw stop`, or `sv down smsgw` under runit), then restore")
     paths.ensure()
-    done = backups.restore(paths.state_dir, Path(file), now)
+    lock = DaemonLock(paths)  # held to the end: no daemon starts on the state meanwhile
+    try:
+        lock.acquire(None)
+    except AlreadyRunning:
+        pid = (read_pid_info(paths) or {}).get("pid") or "?"
+        raise AlreadyRunning(
+            f"smsgw is running for {paths.data_dir} (pid {pid}): stop it first "
+            "(`smsgw stop`, or `sv down smsgw` under runit), then restore") from None
+    try:
+        done = backups.restore(paths.state_dir, Path(file), now)
+    finally:
+        lock.release()
     out = [f"restored the state from {done.source}"]
     if done.kept_aside is not None:
         out.append(f"the previous state file is kept as {done.kept_aside}")
@@ -773,4 +730,8 @@ def restore(paths: Paths, file: str, now: datetime) -> Outcome:
     if done.newer:
         out.append(f"{done.newer} message(s) taken from the previous state, where they were "
                    "newer")
+    if done.waiting_sms or done.waiting_updates:
+        out.append(f"kept from the previous state, still to go to the webapp: "
+                   f"{done.waiting_sms} received SMS, {done.waiting_updates} status "
+                   "update(s)")
     return Outcome(out=out)

@@ -469,6 +469,16 @@ def hook(c: Ctx) -> None:
     click.echo(f"woke smsgw (pid {pid})")
 
 
+def _log_beside_daemon(c: Ctx) -> None:
+    """The event log for stop, backup and restore (appended to, as cancel does), even with
+    a damaged config.json: these must work then, and none of them logs the URL."""
+    try:
+        url = c.settings.url
+    except UserError:
+        url = None
+    setup_logging(c.paths, c.debug, console=False, url=url)
+
+
 @cli.command()
 @click.option("--timeout", default=30.0, show_default=True,
               type=click.FloatRange(0, 3600), help="Seconds to wait for the daemon to exit.")
@@ -477,6 +487,7 @@ def stop(c: Ctx, timeout: float) -> None:
     """Stop the daemon on purpose: the watchdog leaves it down until the next `smsgw run`."""
     from . import actions
 
+    _log_beside_daemon(c)
     _print(actions.stop(c.paths, timeout))
 
 
@@ -667,6 +678,7 @@ def backup(c: Ctx, list_only: bool) -> None:
     from . import actions
     from .models import utcnow
 
+    _log_beside_daemon(c)
     _print(actions.backup(c.paths, list_only, utcnow()))
 
 
@@ -682,6 +694,7 @@ def restore(c: Ctx, file: str) -> None:
     from . import actions
     from .models import utcnow
 
+    _log_beside_daemon(c)
     _print(actions.restore(c.paths, file, utcnow()))
 
 

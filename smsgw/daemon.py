@@ -41,8 +41,11 @@ class DaemonLock:
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
         self._fd: int | None = None
+        self._pid_file = False
 
-    def acquire(self, info: dict[str, Any]) -> None:
+    def acquire(self, info: dict[str, Any] | None) -> None:
+        """Take the lock, or raise AlreadyRunning; write `info` as the pid file. With None,
+        no pid file: a short command (`smsgw restore`) only keeps daemons out meanwhile."""
         try:
             fd = os.open(self.paths.daemon_lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
@@ -57,6 +60,9 @@ class DaemonLock:
                 "stop it first, or use another SMSGW_HOME"
             ) from None
         self._fd = fd
+        if info is None:
+            return
+        self._pid_file = True
         try:
             atomic_write_text(self.paths.pid_file, json.dumps(info) + "\n")
         except OSError as exc:
@@ -65,8 +71,10 @@ class DaemonLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.paths.pid_file.unlink()
+            if self._pid_file:
+                with contextlib.suppress(FileNotFoundError):
+                    self.paths.pid_file.unlink()
+                self._pid_file = False
             os.close(self._fd)
             self._fd = None
 
@@ -102,15 +110,33 @@ def stop_marker(paths: Paths) -> Path:
     return paths.data_dir / STOP_MARKER
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()  # the name may hold spaces and ")"
+
+
 def parent_name(pid: int) -> str | None:
     """The command name of `pid`'s parent (e.g. `runsv` under runit), or None."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces and ")"
+        ppid = int((_proc_stat(pid) or [])[1])
         return Path(f"/proc/{ppid}/comm").read_text(encoding="utf-8",
                                                      errors="replace").strip()
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _exited(pid: int) -> bool:
+    """Whether process `pid` is gone (a zombie, awaiting its parent, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except OSError:  # gone, or not ours: the released lock has to do
+        return True
+    fields = _proc_stat(pid)
+    return fields is None or fields[:1] == ["Z"]  # no /proc: the released lock has to do
 
 
 def wake(paths: Paths) -> int | None:
@@ -123,6 +149,45 @@ def wake(paths: Paths) -> int | None:
     except ProcessLookupError:
         return None
     return int(info["pid"])
+
+
+def _mark_stopped(paths: Paths) -> None:
+    try:
+        atomic_write_text(stop_marker(paths), f"{to_iso(utcnow())}\n")
+    except OSError as exc:
+        raise UserError(f"cannot write {stop_marker(paths)}: {exc.strerror}") from None
+
+
+def stop_daemon(paths: Paths, timeout: float) -> int | None:
+    """Stop smsgw on purpose (`smsgw stop`): leave the stop marker (the watchdog then
+    keeps it down until the next `smsgw run`), SIGTERM the daemon and wait up to
+    `timeout` s for it to exit. Returns its pid, or None when none runs (the marker is
+    left all the same). Under runit, refuse: runsv would start it again."""
+    info = daemon_running(paths)
+    pid = info.get("pid") if info else None
+    if pid and parent_name(int(pid)) == "runsv":
+        raise UserError(f"smsgw (pid {pid}) runs under runit, which would start it again: "
+                        "stop it with `sv down smsgw` (and `sv up smsgw` to start it)")
+    _mark_stopped(paths)
+    if info is None:
+        logger.info("smsgw stop: smsgw is not running; it stays down until `smsgw run`")
+        return None
+    if not pid:
+        raise UserError(f"smsgw runs for {paths.data_dir} but its pid file is unreadable: "
+                        "stop it with `kill PID` (find it with `ps -ef | grep smsgw`)")
+    pid = int(pid)
+    logger.info("smsgw stop: stopping smsgw (pid %d); it stays down until `smsgw run`", pid)
+    with contextlib.suppress(ProcessLookupError):  # it just exited: the lock says so below
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while daemon_running(paths) is not None or not _exited(pid):
+        if time.monotonic() > deadline:
+            raise UserError(f"smsgw (pid {pid}) did not stop within {timeout:g} s (it "
+                            f"finishes a send before it stops): run `smsgw stop` again, or "
+                            f"`kill -9 {pid}` to cut it short")
+        time.sleep(0.1)
+    _mark_stopped(paths)  # again: a daemon that was just starting may have removed it
+    return pid
 
 
 class Daemon:

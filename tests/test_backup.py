@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import stat
 import subprocess
 from collections.abc import Callable
@@ -12,6 +14,8 @@ import pytest
 from fakes import FakeTermux
 from runner import SmsgwRunner, wait_for
 
+from smsgw.config import Paths
+from smsgw.daemon import AlreadyRunning, DaemonLock, daemon_running
 from smsgw.errors import ExitCode
 from smsgw.testserver import ReferenceWebapp
 
@@ -224,3 +228,96 @@ def test_an_sms_forwarded_since_the_backup_is_not_forwarded_again(
     smsgw.ok("run", "--once")
     assert [m["content"] for m in webapp.received()] == ["after the backup",
                                                          "after the restore"]
+
+
+def test_an_sms_stored_since_the_backup_and_not_yet_forwarded_survives_a_restore(
+        smsgw: Smsgw, webapp: ReferenceWebapp, fake_termux: FakeTermux) -> None:
+    smsgw.ok("config", "--url", webapp.url, "--no-check")
+    smsgw.ok("run", "--once")  # the inbox is read once: its position is set
+    path = Path(smsgw.ok("backup").strip())
+    fake_termux.receive("+254711000001", "stored, not yet forwarded")
+    webapp.set_fault("status", count=10)  # the webapp is down: the SMS waits in the state
+    proc = smsgw("run", "--once")
+    assert proc.returncode == ExitCode.WEBAPP_FAILING, proc.stderr
+    assert webapp.received() == []
+    webapp.clear_faults()
+
+    out = smsgw.ok("restore", str(path))  # the current state still loads
+    assert "1 received SMS" in out, out
+    smsgw.ok("run", "--once")
+    smsgw.ok("run", "--once")
+    assert [m["content"] for m in webapp.received()] == ["stored, not yet forwarded"]
+
+
+def test_restore_keeps_the_statuses_not_yet_posted_and_posts_none_older(
+        smsgw: Smsgw, webapp: ReferenceWebapp, fake_termux: FakeTermux) -> None:
+    rank = {"UNSENT": 0, "PENDING": 1, "SENT": 2, "DELIVERED": 3, "FAILED": 4}
+    smsgw.ok("config", "--url", webapp.url, "--no-check", "--max-per-minute", "1")
+    a = webapp.queue("+254700000001", "first")
+    b = webapp.queue("+254700000002", "second")
+    c = webapp.queue("+254700000003", "third")
+    smsgw.ok("run", "--once")  # A is sent; B and C wait for the rate budget
+    # B is cancelled and retried at once: its UNSENT is queued for the webapp, and the
+    # backup holds it queued.
+    smsgw.ok("cancel", b)
+    smsgw.ok("retry", b)
+    path = Path(smsgw.ok("backup").strip())
+
+    fake_termux.set_mode(no_row=1, clock_offset=70)  # B and C stay awaiting the phone
+    smsgw.ok("run", "--once", offset=70)  # A SENT; B sent
+    fake_termux.set_mode(clock_offset=140)
+    smsgw.ok("run", "--once", offset=140)  # the webapp hears B PENDING; C sent
+    assert webapp.status_of(b) == "PENDING"
+    assert (smsgw.state_of(b), smsgw.state_of(c)) == ("PENDING", "PENDING")
+    assert webapp.status_of(c) == "UNSENT"  # C's PENDING is queued, not posted yet
+
+    out = smsgw.ok("restore", str(path), offset=150)
+    assert "1 status update(s)" in out, out
+    smsgw.ok("run", "--once", offset=160)
+    smsgw.ok("run", "--once", offset=170)
+    statuses = webapp.statuses()
+    assert statuses[c][-1] == "PENDING", statuses[c]  # posted after the restore
+    assert statuses[b][-1] == "PENDING", statuses[b]
+    assert statuses[a][-1] == "SENT", statuses[a]
+    for msg_id in (a, b, c):  # never an older status after a newer one
+        seen = [rank[s] for s in statuses[msg_id]]
+        assert seen == sorted(seen), (msg_id, statuses[msg_id])
+    sends = sorted(call["argv"][1] for call in fake_termux.calls("termux-sms-send"))
+    assert sends == ["+254700000001", "+254700000002", "+254700000003"], sends
+
+
+def test_backup_and_restore_are_in_the_event_log(smsgw: Smsgw) -> None:
+    smsgw.ok("send", "+15551234567", "x")
+    path = Path(smsgw.ok("backup").strip())
+    smsgw.ok("restore", str(path))
+    log = smsgw.ok("log")
+    assert f"state backed up to {path}" in log, log
+    assert f"state restored from {path}" in log, log
+
+
+def test_backup_and_restore_work_with_damaged_settings(smsgw: Smsgw) -> None:
+    smsgw.ok("send", "+15551234567", "x")
+    smsgw.config_file.write_text("{damaged")  # a state to save is no reason to fix it first
+    path = Path(smsgw.ok("backup").strip())
+    assert "restored the state" in smsgw.ok("restore", str(path))
+
+
+def test_no_daemon_starts_while_a_restore_runs(smsgw: Smsgw, tmp_path: Path) -> None:
+    smsgw.ok("send", "+15551234567", "x")
+    path = Path(smsgw.ok("backup").strip())
+    paths = Paths(config_dir=smsgw.home, data_dir=smsgw.home)
+    # Hold the state lock, as a unit of work does: the restore waits for it, mid-way.
+    fd = os.open(smsgw.home / "state" / "state.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    restore = smsgw.popen("restore", str(path), out=tmp_path / "restore.out")
+    try:
+        wait_for(lambda: daemon_running(paths) is not None, 30,
+                 "the restore to hold the daemon lock")
+        with pytest.raises(AlreadyRunning):  # what `smsgw run` meets meanwhile
+            DaemonLock(paths).acquire({"pid": os.getpid()})
+        assert not smsgw.pid_file.exists()  # no pid for `smsgw hook` to signal
+    finally:
+        os.close(fd)
+        code = restore.wait(timeout=60)
+    assert code == 0, (tmp_path / "restore.out").read_text()
+    assert daemon_running(paths) is None

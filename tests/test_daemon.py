@@ -14,6 +14,8 @@ from smsgw.gateway import CycleReport
 class FlakyGateway:
     """Raises on the first cycles, then reports a failing exchange, then succeeds."""
 
+    phone = None  # the daemon records the gateway's phone kind in its pid file
+
     def __init__(self, script: list[str]) -> None:
         self.script = script
         self.calls = 0

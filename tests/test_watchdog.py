@@ -204,6 +204,8 @@ def test_after_smsgw_stop_it_stays_down(phone: Phone) -> None:
     assert f"stopped smsgw (pid {pid})" in done.stdout
     assert phone.running() is None and not alive(pid)
     assert (phone.data / "stopped").exists()
+    events = (phone.data / "smsgw.log").read_text(encoding="utf-8")
+    assert f"smsgw stop: stopping smsgw (pid {pid})" in events, events
 
     log, boot = phone.log(), phone.boot_log()
     phone.watchdog()

@@ -9,11 +9,12 @@ newer than any backup) are not copied.
 
 A backup is older than the archive: a message that was queued in it may have been sent and
 archived since. A restore therefore drops from the restored queue every record the archive
-holds in a finished form (and queues its final status again for the webapp), remembers
+holds in a finished form (and queues its final status again for the webapp) and remembers
 the row keys of the SMS forwarded since (the inbox is read again from the backup's older
-position), and takes from a current state that still loads the newer copy of each outgoing
-record and of the inbox position, so nothing the phone was already given goes back to
-UNSENT.
+position). From a current state that still loads it takes the newer copy of each outgoing
+record and the inbox position, so nothing the phone was already given goes back to UNSENT,
+and the received SMS and status updates still waiting for the webapp, so none is lost and
+none of the backup's, which reached the webapp since, is posted again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from ..config import atomic_write_text, fsync_dir, make_private_dir, open_private
 from ..errors import StateError, UserError
+from ..models import InState
 from .archive import Archive
 from .storage import STATE_VERSION, migrate, shape_problem, state_lock
 from .store import RECENT_KEYS
@@ -164,6 +166,8 @@ class Restored:
     kept_aside: Path | None
     dropped: list[str]  # ids finished in the archive since the backup
     newer: int  # outgoing records taken from the current state, newer than the backup's
+    waiting_sms: int = 0  # received SMS not yet forwarded, kept from the current state
+    waiting_updates: int = 0  # status updates not yet posted, kept from the current state
 
 
 def _ref(doc: dict[str, Any]) -> tuple[str, bool]:
@@ -195,6 +199,7 @@ def restore(state_dir: Path, source: Path, now: datetime) -> Restored:
             except UserError:
                 current = None  # damaged: the backup replaces it as it is
         newer = _take_newer(data, current)
+        waiting = _take_queues(data, current)
         dropped = _drop_finished(data, Archive(state_dir / "archive"))
         aside = _keep_aside(target, now) if target.exists() else None
         try:
@@ -203,7 +208,7 @@ def restore(state_dir: Path, source: Path, now: datetime) -> Restored:
             raise StateError(f"cannot write the state file {target}: "
                              f"{exc.strerror or exc}; nothing was changed") from None
     logger.info("state restored from %s (the previous one kept as %s)", source, aside)
-    return Restored(source, aside, dropped, newer)
+    return Restored(source, aside, dropped, newer, *waiting)
 
 
 def _take_newer(data: dict[str, Any], current: dict[str, Any] | None) -> int:
@@ -231,6 +236,22 @@ def _take_newer(data: dict[str, Any], current: dict[str, Any] | None) -> int:
             count += 1
     meta["next_seq"] = max(next_seq, _next_id(out))
     return count
+
+
+def _take_queues(data: dict[str, Any], current: dict[str, Any] | None) -> tuple[int, int]:
+    """Take the received SMS and the queued status updates of a current state that loads,
+    whole: they are newer than the backup's. A record leaves these tables only when it is
+    forwarded (then archived) or posted, or replaced by a newer status, so one in the backup
+    but not in the current state has reached the webapp since: posting it again would repeat
+    it or, for a status, tell the webapp an older one than it heard. Returns (SMS waiting,
+    updates queued)."""
+    if current is None:
+        return 0, 0
+    incoming = dict(current.get("incoming") or {})
+    updates = dict(current.get("updates") or {})
+    data["incoming"], data["updates"] = incoming, updates
+    waiting = sum(1 for doc in incoming.values() if doc.get("state") == InState.WAITING.value)
+    return waiting, len(updates)
 
 
 def _drop_finished(data: dict[str, Any], archive: Archive) -> list[str]:
