@@ -11,17 +11,18 @@ Rules, per condition:
 - at most one alert per condition per `every`: while it lasts, a reminder after `every`;
   a condition that comes back within `every` of its last alert waits for the rest of it;
 - a recovery SMS when a condition that was alerted clears (none for one never alerted).
+
+The state and alert types (AlertState, Episode, Sent, Alert) live in health.py, a leaf
+module, so that the store keeps them without importing this policy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-from .health import PhoneHealth
-from .models import from_iso, printable, to_iso
+from .health import Alert, AlertState, Episode, PhoneHealth, Sent
+from .models import printable
 
 WEBAPP, PHONE, STUCK, BATTERY = "webapp", "phone", "stuck", "battery"
 CONDITIONS = (WEBAPP, PHONE, STUCK, BATTERY)
@@ -41,67 +42,6 @@ def _span(delta: timedelta) -> str:
         if seconds >= 2 * size:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds:.0f} s"
-
-
-@dataclass(frozen=True)
-class Episode:
-    """A condition observed since `since` (text: what was seen last); `alerted` is when
-    its alert was sent, None while none was."""
-
-    since: datetime
-    text: str
-    alerted: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Sent:
-    """The last alert or recovery SMS queued, for `smsgw status`."""
-
-    at: datetime
-    condition: str
-    text: str
-    recovery: bool = False
-
-
-@dataclass(frozen=True)
-class AlertState:
-    """What the policy remembers between cycles (owner: the gateway's health step)."""
-
-    active: Mapping[str, Episode] = field(default_factory=dict)
-    last_alert: Mapping[str, datetime] = field(default_factory=dict)  # per condition
-    last_sent: Sent | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "active": {k: {"since": to_iso(e.since), "text": e.text,
-                           "alerted": to_iso(e.alerted)} for k, e in self.active.items()},
-            "last_alert": {k: to_iso(at) for k, at in self.last_alert.items()},
-            "last_sent": None if self.last_sent is None else {
-                "at": to_iso(self.last_sent.at), "condition": self.last_sent.condition,
-                "text": self.last_sent.text, "recovery": self.last_sent.recovery},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> AlertState:
-        if not data:
-            return cls()
-        sent = data.get("last_sent")
-        return cls(
-            active={k: Episode(from_iso(e["since"]), e["text"], from_iso(e.get("alerted")))  # type: ignore[arg-type]
-                    for k, e in (data.get("active") or {}).items()},
-            last_alert={k: from_iso(v) for k, v in (data.get("last_alert") or {}).items()},  # type: ignore[misc]
-            last_sent=None if not sent else Sent(from_iso(sent["at"]), sent["condition"],  # type: ignore[arg-type]
-                                                 sent["text"], bool(sent.get("recovery"))),
-        )
-
-
-@dataclass(frozen=True)
-class Alert:
-    """One SMS to queue for the operator."""
-
-    condition: str
-    text: str
-    recovery: bool = False
 
 
 def _sms(text: str) -> str:

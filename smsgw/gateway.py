@@ -17,10 +17,12 @@ from typing import Any, Protocol
 from . import alerts, retry, segment
 from .config import Settings, scrub
 from .errors import PhoneError, StateError, WebappError
+from .health import AlertState, PhoneHealth
 from .models import (
     AWAITING_PARTS,
     RATE_WINDOW,
     Clock,
+    ExchangeProblem,
     InState,
     Offered,
     Outgoing,
@@ -62,6 +64,12 @@ def _span(seconds: float) -> str:
         if seconds >= 2 * size:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds:.0f} s"
+
+
+def _health_key(health: PhoneHealth) -> tuple[Any, ...]:
+    """What of a health sample is worth a line in the event log when it changes."""
+    return (health.on_power, health.battery_health, health.sim_state, health.network_operator,
+            health.network_type, health.data_state, health.problem)
 
 
 class WebappClient(Protocol):
@@ -160,6 +168,7 @@ class Gateway:
         self._born = self.monotonic()  # for the health report's uptime
         self._health_at: datetime | None = None  # the last health sample (None: none yet)
         self._health_loaded = False
+        self._health_last: PhoneHealth | None = None  # that sample
         self._alerts_at: datetime | None = None  # when the alert step last looked
 
     def stop(self) -> None:
@@ -288,11 +297,18 @@ class Gateway:
 
     # health and alerts (before sending, so an alert goes out in this cycle) --------------
     def health(self, report: CycleReport) -> None:
-        """Sample the phone's health at most every health_period(), then decide the alerts."""
+        """Sample the phone's health at most every health_period(), then decide the alerts.
+
+        Without --alert-to an idle cycle costs nothing here: a sample every period (two
+        termux calls and one state write). With it, one unit of work a cycle, which also
+        saves a new sample."""
         now = self.clock()
-        self._sample_health(now, report)
+        sample = self._sample_health(now, report)
         if self.settings.alert_to:
-            self._alerts(now)
+            self._alerts(now, sample)
+        elif sample is not None:
+            with self.store.unit(now) as u:
+                u.phone_health = sample
 
     def health_period(self) -> timedelta:
         """How often the phone's health is read: every HEALTH_EVERY, or less often when the
@@ -301,75 +317,75 @@ class Gateway:
         cycles = HEALTH_CALLS / HEALTH_BUDGET
         return max(HEALTH_EVERY, timedelta(seconds=self.settings.interval * cycles))
 
-    def _sample_health(self, now: datetime, report: CycleReport) -> None:
+    def _sample_health(self, now: datetime, report: CycleReport) -> PhoneHealth | None:
+        """A new sample when one is due (the caller saves it), else None."""
         if not self._health_loaded:
             with self.store.unit(now) as u:
-                sample = u.phone_health
-            self._health_at = sample.at if sample is not None else None
+                self._health_last = u.phone_health
+            self._health_at = self._health_last.at if self._health_last is not None else None
             self._health_loaded = True
         if self._health_at is not None and timedelta(0) <= now - self._health_at < \
                 self.health_period():
-            return
+            return None
         if any(e.startswith("read_inbox:") for e in report.errors):
-            return  # the phone did not answer just now: no more hangs this cycle
+            return None  # the phone did not answer just now: no more hangs this cycle
         read = getattr(self.phone, "read_health", None)
         health = read() if read is not None else None
         self._health_at = now
         if health is None:
-            return
+            return None
         health = replace(health, at=now)
-        with self.store.unit(now) as u:
-            u.phone_health = health
-        logger.info("phone health: %s", health.describe())
+        # A line in the event log when what matters changed, not at every sample: the
+        # battery's percentage is in `smsgw status`, and a low one alerts.
+        last = self._health_last
+        if last is None or _health_key(last) != _health_key(health):
+            logger.info("phone health: %s", health.describe())
+        else:
+            logger.debug("phone health: %s", health.describe())
+        self._health_last = health
+        return health
 
-    def _alerts(self, now: datetime) -> None:
-        """Observe the conditions, queue the alert SMS the policy decides (local messages,
-        never posted to the webapp), and keep its state."""
+    def _alerts(self, now: datetime, sample: PhoneHealth | None) -> None:
+        """Observe the conditions and queue the alert SMS the policy decides (local
+        messages, never posted to the webapp) with its state, in one unit of work."""
         confirm = timedelta(seconds=self.settings.confirm_timeout)
-        problem, _ = self.store.exchange_problem(now)
-        last_ok = self.store.last_exchange_ok()
-        with self.store.unit(now) as u:
+        seen_at, self._alerts_at = self._alerts_at, now
+
+        def step(u: Unit, failing: ExchangeProblem | None
+                 ) -> tuple[AlertState, list[alerts.Alert]]:
+            if sample is not None:
+                u.phone_health = sample
+            health = sample if sample is not None else u.phone_health
             state = u.alert_state
-            health = u.phone_health
+            problems: dict[str, str] = {}
+            if self.webapp is not None and failing is not None:
+                problems[alerts.WEBAPP] = failing.text
             phone = u.phone_problem
             latest = u.last_phone_error
-            handoffs = u.awaiting_handoffs()
-            late = len(u.due(now - confirm))
+            if phone is None and latest is not None and seen_at is not None \
+                    and latest.at >= seen_at:
+                phone = latest  # a send failed since the last look; the inbox read cleared it
+            if phone is not None:
+                problems[alerts.PHONE] = phone.text
+            elif health is not None and health.timed_out and health.problem:
+                # Only a hang is "not answering": a missing permission or an odd answer
+                # is shown by `smsgw status`, not paged every --alert-every.
+                problems[alerts.PHONE] = health.problem
             unknown = sum(1 for f in u.failures
                           if f.reason == UNKNOWN_OUTCOME and timedelta(0) <= now - f.at <= confirm)
-        problems: dict[str, str] = {}
-        if self.webapp is not None and problem is not None and (
-                last_ok is None or problem.at > last_ok):
-            problems[alerts.WEBAPP] = problem.text
-        if phone is None and latest is not None and self._alerts_at is not None \
-                and latest.at >= self._alerts_at:
-            phone = latest  # a send failed since the last look; the inbox read cleared it
-        self._alerts_at = now
-        phone_text = phone.text if phone is not None else (
-            health.problem if health is not None else None)
-        if phone_text:
-            problems[alerts.PHONE] = phone_text
-        stuck = alerts.stuck_problem(now, handoffs, late, unknown, confirm)
-        if stuck:
-            problems[alerts.STUCK] = stuck
-        low = alerts.battery_problem(health, now, alerts.BATTERY in state.active)
-        if low:
-            problems[alerts.BATTERY] = low
-        problems = {k: scrub(v, self.settings.url) for k, v in problems.items()}
-        new, queued = alerts.decide(
-            state, problems, now, after=timedelta(seconds=self.settings.alert_after),
-            every=timedelta(seconds=self.settings.alert_every))
-        number = normalize_number(self.settings.alert_to)
-        for alert in queued:
-            text = scrub(alert.text, self.settings.url)
-            msg = self.store.add_local(number, text, now)
-            if alert.recovery:
-                logger.info("recovery SMS %s queued to %s: %s", msg.id, number, text)
-            else:
-                logger.warning("alert SMS %s queued to %s: %s", msg.id, number, text)
-        if new.to_dict() != state.to_dict():
-            with self.store.unit(now) as u:
-                u.alert_state = new
+            stuck = alerts.stuck_problem(now, u.awaiting_handoffs(), len(u.due(now - confirm)),
+                                         unknown, confirm)
+            if stuck:
+                problems[alerts.STUCK] = stuck
+            low = alerts.battery_problem(health, now, alerts.BATTERY in state.active)
+            if low:
+                problems[alerts.BATTERY] = low
+            problems = {k: scrub(v, self.settings.url) for k, v in problems.items()}
+            return alerts.decide(
+                state, problems, now, after=timedelta(seconds=self.settings.alert_after),
+                every=timedelta(seconds=self.settings.alert_every))
+
+        self.store.queue_alerts(now, normalize_number(self.settings.alert_to), step)
 
     # 4. send --------------------------------------------------------------
     def _too_long(self, msg: Offered) -> str | None:

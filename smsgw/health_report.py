@@ -18,7 +18,10 @@ def health_object(figures: QueueHealth, *, now: datetime, uptime_s: float) -> di
     """The `"smsgw"` object of a POST body; `battery` is the phone's last battery sample,
     `{"percentage": 81, "plugged": "PLUGGED_AC"}` (termux-battery-status's words), or null
     when there is none."""
-    battery = figures.battery
+    sample = figures.phone_health
+    battery = None if sample is None or (sample.battery_percent is None
+                                         and sample.plugged is None) \
+        else {"percentage": sample.battery_percent, "plugged": sample.plugged}
     oldest = figures.oldest_queued
     return {
         "version": __version__,
@@ -28,8 +31,7 @@ def health_object(figures: QueueHealth, *, now: datetime, uptime_s: float) -> di
                                                                   .total_seconds())),
         "last_sent": None if figures.last_sent is None else _iso_utc(figures.last_sent),
         "failed_24h": figures.failed_24h,
-        "battery": None if battery is None else {"percentage": battery.get("percentage"),
-                                                 "plugged": battery.get("plugged")},
+        "battery": battery,
         "phone_error": figures.phone_error,
     }
 

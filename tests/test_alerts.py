@@ -386,6 +386,7 @@ def test_termux_health_survives_a_hang(fake_termux: FakeTermux) -> None:
         got.problem
     # The app is not answering: the second call is not tried (it would hang too).
     assert fake_termux.call_count("termux-telephony-deviceinfo") == 0
+    assert got.timed_out is True  # "phone not answering", for the alerts
 
 
 def test_termux_health_survives_a_permission_error(fake_termux: FakeTermux) -> None:
@@ -397,6 +398,7 @@ def test_termux_health_survives_a_permission_error(fake_termux: FakeTermux) -> N
     assert got.sim_state is None and got.network_operator is None
     assert got.problem == ("termux-telephony-deviceinfo: Please grant the following permission "
                            "to use this command: android.permission.READ_PHONE_STATE")
+    assert got.timed_out is False  # the phone answered: it refused
 
 
 def test_termux_health_survives_garbage(fake_termux: FakeTermux, tmp_path: Path,
@@ -510,3 +512,110 @@ def test_an_alert_sent_by_the_phone_over_the_fakes(
     assert data["alerts"]["last_sent"]["recovery"] is True
     log = smsgw.log_file.read_text()
     assert "alert SMS" in log and "recovery SMS" in log and "Pa55word" not in log
+
+
+# review findings 4, 6, 12, 15 ----------------------------------------------------------------
+def test_an_alert_is_queued_with_its_state_so_a_failed_write_never_sends_it_twice(
+        make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The disk fills up just as the alert's state is saved (a rare OS error, mocked at the
+    # file write): the alert SMS must not already be queued in an earlier write, or the
+    # next cycle decides it again and the operator gets it twice.
+    import errno
+
+    from smsgw.errors import StateError
+    from smsgw.store import storage
+
+    rig = make_rig()
+    rig.phone.health = PhoneHealth(battery_percent=12, plugged="UNPLUGGED",
+                                   battery_status="DISCHARGING")
+    real_write = storage.atomic_write_text
+    failed: list[str] = []
+
+    def write(path: Any, text: str, *args: Any, **kwargs: Any) -> None:
+        if not failed and '"last_sent":{' in text:  # the first write of a sent alert
+            failed.append(text)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "atomic_write_text", write)
+    with pytest.raises(StateError, match="No space left on device"):
+        rig.cycle(15)  # the sample is due: the battery is low
+    assert failed
+    for _ in range(5):
+        rig.cycle(5)
+    assert rig.alerts_sent() == ["smsgw alert: battery low: 12% and not plugged in"]
+    queued = [m for m in rig.store.messages(rig.clock(), 100).outgoing if m.to == ALERT_TO]
+    assert len(queued) == 1, queued
+
+
+def test_the_store_loads_neither_the_alert_policy_nor_the_health_types() -> None:
+    # `smsgw status` imports smsgw.store at start-up: the gateway's alert policy is not the
+    # store's business, and the health types are loaded when a unit reads them.
+    import subprocess
+    import sys
+
+    from runner import REPO, clean_environ
+
+    code = ("import sys, smsgw.store\n"
+            "print(sorted(m for m in ('smsgw.alerts', 'smsgw.health') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, env={**clean_environ(), "PYTHONPATH": str(REPO)},
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("modes", "alerted"), [
+    # deviceinfo refused (no READ_PHONE_STATE): status shows it; the phone answers, so it
+    # is no "phone not answering" alert, re-sent every --alert-every
+    ({"permission_error": "READ_PHONE_STATE"}, False),
+    ({"hang": "termux-battery-status"}, True),  # the app does not answer at all
+])
+def test_only_a_health_read_that_hangs_alerts_as_phone_not_answering(
+        smsgw: Smsgw, fake_termux: FakeTermux, make_webapp: Callable[..., ReferenceWebapp],
+        modes: dict[str, str], alerted: bool) -> None:
+    webapp = make_webapp()
+    assert smsgw("config", "--url", webapp.url).returncode == 0
+    assert smsgw("config", "--alert-to", ALERT_TO, "--alert-after", "10m").returncode == 0
+    config = json.loads(smsgw.config_file.read_text())
+    smsgw.config_file.write_text(json.dumps({**config, "list_timeout": 1}))  # a short hang
+    fake_termux.set_mode(**modes)
+    for minutes in (0, 11, 20):
+        fake_termux.set_mode(clock_offset=minutes * 60)
+        res = smsgw("run", "--once", env={"SMSGW_TEST_CLOCK_OFFSET": str(minutes * 60)})
+        assert "Traceback" not in res.stderr, res.stderr
+    code, data = smsgw.status_json()
+    assert data["phone_health"]["problem"], data["phone_health"]  # shown, either way
+    sent = [r["body"] for r in fake_termux.rows("sent") if r["address"] == ALERT_TO]
+    if alerted:
+        [alert] = sent
+        assert alert.startswith("smsgw alert: phone not answering for 11 min: "
+                                "termux-battery-status did not answer within 1 s"), alert
+    else:
+        assert sent == []
+        assert data["alerts"]["active"] == {} and data["alerts"]["last_sent"] is None
+    assert data["phone_health"]["timed_out"] is alerted
+
+
+def test_the_event_log_tells_a_health_sample_when_it_changed_not_every_time(
+        smsgw: Smsgw, fake_termux: FakeTermux,
+        make_webapp: Callable[..., ReferenceWebapp]) -> None:
+    # Without --alert-to the sample is kept for `smsgw status`; the event log gets a line
+    # when the power, SIM or network changed, not one every 40 minutes.
+    webapp = make_webapp()
+    assert smsgw("config", "--url", webapp.url).returncode == 0
+
+    def run_at(minutes: int, battery: int, plugged: str) -> None:
+        fake_termux.set_mode(battery=battery, plugged=plugged, clock_offset=minutes * 60)
+        res = smsgw("run", "--once", env={"SMSGW_TEST_CLOCK_OFFSET": str(minutes * 60)})
+        assert res.returncode == 0, res.stderr
+
+    run_at(0, 60, "UNPLUGGED")
+    run_at(41, 58, "UNPLUGGED")
+    run_at(82, 57, "PLUGGED_AC")
+    assert fake_termux.call_count("termux-battery-status") == 3  # sampled each time
+    lines = [x for x in smsgw.log_file.read_text().splitlines() if "phone health:" in x]
+    assert len(lines) == 2, lines
+    assert "battery 60% UNPLUGGED" in lines[0] and "PLUGGED_AC" in lines[1]
+    _, data = smsgw.status_json()
+    assert data["phone_health"]["battery_percent"] == 57  # the status shows every sample

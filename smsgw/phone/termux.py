@@ -890,18 +890,17 @@ class TermuxPhone(Phone):
     # diagnosis -----------------------------------------------------------------------
     def diagnose(self) -> str | None:
         try:
-            info = parse_json(DEVICE_INFO, self._run((DEVICE_INFO,), timeout=self.list_timeout))
+            info = parse_deviceinfo(parse_json(
+                DEVICE_INFO, self._run((DEVICE_INFO,), timeout=self.list_timeout)))
         except PhoneError as exc:
             logger.debug("no diagnosis: %s", exc)
             return None
-        if not isinstance(info, dict):
-            return None
-        state = info.get("sim_state")
-        if state in (None, "", "absent", "unknown"):
+        state = info["sim_state"]
+        if state in (None, "absent", "unknown"):
             return "no SIM"
         if state != "ready":
             return f"SIM not ready ({state})"
-        if not info.get("network_operator"):
+        if not info["network_operator"]:
             return "no network operator"
         return None
 
@@ -913,14 +912,16 @@ class TermuxPhone(Phone):
         timeout = min(self.list_timeout, HEALTH_TIMEOUT)
         values: dict[str, Any] = {}
         problems: list[str] = []
+        timed_out = False
         for command, parse in ((BATTERY_STATUS, parse_battery), (DEVICE_INFO, parse_deviceinfo)):
             try:
                 values.update(parse(parse_json(command, self._run((command,), timeout=timeout))))
             except PhoneTimeout as exc:
                 problems.append(str(exc))
+                timed_out = True
                 break
             except PhoneError as exc:
                 problems.append(str(exc))
         if problems:
             logger.warning("phone health not fully read: %s", "; ".join(problems))
-        return PhoneHealth(**values, problem="; ".join(problems) or None)
+        return PhoneHealth(**values, problem="; ".join(problems) or None, timed_out=timed_out)

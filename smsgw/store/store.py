@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -57,6 +57,7 @@ from .storage import (
 from .unit import Unit
 
 if TYPE_CHECKING:
+    from ..health import Alert, AlertState
     from .views import Listing, MessageFilter, QueueHealth
 
 logger = logging.getLogger(__name__)
@@ -414,10 +415,13 @@ class Store:
     def exchange_problem(self, now: datetime) -> tuple[ExchangeProblem | None, int]:
         """The last failed exchange, and how many failed since the last good one."""
         with self.unit(now) as u:
-            raw = u._get("last_error")
-            problem = ExchangeProblem(from_iso(raw["at"]), raw["text"], raw.get("status"),  # type: ignore[arg-type]
-                                      raw.get("message")) if raw else None
-            return problem, int(u._get("webapp_failures", 0))
+            return self._last_error(u), int(u._get("webapp_failures", 0))
+
+    @staticmethod
+    def _last_error(u: Unit) -> ExchangeProblem | None:
+        raw = u._get("last_error")
+        return ExchangeProblem(from_iso(raw["at"]), raw["text"], raw.get("status"),  # type: ignore[arg-type]
+                               raw.get("message")) if raw else None
 
     # housekeeping ---------------------------------------------------------
     def archive_finished(self, now: datetime) -> int:
@@ -488,6 +492,33 @@ class Store:
             u.create(msg)
         logger.info("local message %s to %s queued", msg.id, number)
         return msg
+
+    def queue_alerts(self, now: datetime, number: str,
+                     step: Callable[[Unit, ExchangeProblem | None],
+                                    tuple[AlertState, Sequence[Alert]]]) -> list[Outgoing]:
+        """Run the alert step and queue what it decides in ONE unit of work, so that a crash
+        never sends an alert twice nor loses one: `step` reads the unit and the webapp's
+        failure (the last exchange error, None once an exchange succeeded after it) and
+        returns the new alert state and the alerts; each alert becomes a local message to
+        `number` (never posted to the webapp), saved with that state."""
+        last_ok = self.last_exchange_ok()
+        queued: list[Outgoing] = []
+        with self.unit(now) as u:
+            problem = self._last_error(u)
+            if problem is not None and last_ok is not None and problem.at <= last_ok:
+                problem = None
+            state, alerts = step(u, problem)
+            for alert in alerts:
+                msg = Outgoing(id=f"{LOCAL_PREFIX}{uuid.uuid4()}", to=number, content=alert.text,
+                               state=OutState.UNSENT, created=now, last_activity=now, due=now,
+                               local=True)
+                u.create(msg)
+                u.note(logging.INFO if alert.recovery else logging.WARNING,
+                       "%s SMS %s queued to %s: %s", "recovery" if alert.recovery else "alert",
+                       msg.id, number, alert.text)
+                queued.append(msg)
+            u.alert_state = state  # written only when it changed
+        return queued
 
     def _resolve(self, u: Unit, text: str) -> tuple[Outgoing, bool] | list[str] | None:
         """The outgoing message a person names by its id or a unique prefix of it, active

@@ -11,14 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinydb import TinyDB
 from tinydb.table import Document
 
-from ..alerts import AlertState
 from ..errors import StateError
-from ..health import PhoneHealth
 from ..models import (
     AWAITING_PARTS,
     FINISHED_STATES,
@@ -39,6 +37,9 @@ from ..models import (
     to_iso,
 )
 from .storage import STATE_VERSION
+
+if TYPE_CHECKING:
+    from ..health import AlertState, PhoneHealth
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,11 @@ class Unit:
         """The last sample of the phone's battery, SIM and network (owner: the gateway's
         health step)."""
         raw = self._get("phone_health")
-        return PhoneHealth.from_dict(raw) if raw else None
+        if not raw:
+            return None
+        from ..health import PhoneHealth  # on use: `import smsgw.store` stays light
+
+        return PhoneHealth.from_dict(raw)
 
     @phone_health.setter
     def phone_health(self, health: PhoneHealth | None) -> None:
@@ -174,6 +179,8 @@ class Unit:
     @property
     def alert_state(self) -> AlertState:
         """Conditions observed, alerts sent (owner: the gateway's health step)."""
+        from ..health import AlertState  # on use: `import smsgw.store` stays light
+
         return AlertState.from_dict(self._get("alerts"))
 
     @alert_state.setter

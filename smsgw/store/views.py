@@ -10,9 +10,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..models import FINISHED_STATES, Incoming, InState, Outgoing, OutState, to_iso
+from ..models import FINISHED_STATES, Incoming, InState, Outgoing, OutState, from_iso, to_iso
 
 if TYPE_CHECKING:
+    from ..health import PhoneHealth
     from .store import Store
 
 
@@ -69,8 +70,9 @@ def summary(store: Store, now: datetime) -> dict[str, Any]:
             "parts_last_minute": u.rate_log.used(now),
             "watcher": u.watcher,
             "clock_jump": u._get("clock_jump"),
-            "phone_health": None if u.phone_health is None else u.phone_health.to_dict(),
-            "alerts": u.alert_state.to_dict(),
+            # as stored (health.py's to_dict forms): status parses what it shows, once
+            "phone_health": u._get("phone_health") or None,
+            "alerts": u._get("alerts") or {"active": {}, "last_alert": {}, "last_sent": None},
         }
 
 
@@ -155,25 +157,23 @@ class QueueHealth:
     last_sent: datetime | None  # when a message last became SENT
     failed_24h: int  # became FAILED in this hour and the 23 before
     phone_error: str | None  # the last phone problem, until the phone answers again
-    battery: dict[str, Any] | None = None  # the last sample: {"percentage", "plugged"}
+    phone_health: PhoneHealth | None = None  # the last sample (the report shows its battery)
 
 
 def health(store: Store, now: datetime) -> QueueHealth:
-    """The queue figures of the health report, from the state alone."""
+    """The queue figures of the health report, from the state alone. The records are read
+    as stored, never parsed: it runs for every POST with --report-health."""
     with store.unit(now) as u:
-        out = u.outgoing()
-        unsent = [m.created for m in out if m.state is OutState.UNSENT]
+        queued = [u._view(i) for i in u._select(lambda d: d["state"] not in FINISHED_STATES)]
+        unsent = [from_iso(d["created"]) for d in queued if d["state"] == OutState.UNSENT.value]
         phone = u.phone_problem
-        sample = u.phone_health
         return QueueHealth(
-            queued=sum(1 for m in out if m.state not in FINISHED_STATES),
-            oldest_queued=min(unsent) if unsent else None,
+            queued=len(queued),
+            oldest_queued=min(unsent) if unsent else None,  # type: ignore[type-var]
             last_sent=u.last_sent,
             failed_24h=u.failed_last_day(),
             phone_error=None if phone is None else phone.text,
-            battery=None if sample is None or (sample.battery_percent is None
-                                               and sample.plugged is None)
-            else {"percentage": sample.battery_percent, "plugged": sample.plugged},
+            phone_health=u.phone_health,
         )
 
 
