@@ -116,6 +116,10 @@ class CancelResult:
 CANCELLED = "cancelled"  # the reason of a message FAILED by `smsgw cancel`
 
 
+def _parts(n: int) -> str:
+    return f"{n} SMS part{'' if n == 1 else 's'}"
+
+
 class Store:
     """The state of one gateway: a folder holding state.json, its lock and the archive."""
 
@@ -366,16 +370,17 @@ class Store:
                     continue
                 u.create(Outgoing(id=msg.id, to=str(msg.to or ""), content=str(msg.content or ""),
                                   state=OutState.FAILED, reason=invalid, created=u.now,
-                                  last_activity=u.now))
+                                  last_activity=u.now, sms_parts=msg.sms_parts))
                 seen_now.add(msg.id)
-                logger.warning("message %s refused: %s", msg.id, invalid)
                 continue
             assert msg.id is not None and msg.to is not None and msg.content is not None
             u.create(Outgoing(id=msg.id, to=msg.to, content=msg.content, state=OutState.UNSENT,
-                              created=u.now, last_activity=u.now, due=u.now))
+                              created=u.now, last_activity=u.now, due=u.now,
+                              sms_parts=msg.sms_parts),
+                     detail=f"queued, to {msg.to}" + ("" if msg.sms_parts is None else
+                                                      f", {_parts(msg.sms_parts)}"))
             seen_now.add(msg.id)
             result.new.append(msg.id)
-            logger.info("message %s to %s queued", msg.id, msg.to)
 
     def _requeue_known(self, u: Unit, msg_id: str,
                        archived: tuple[str, str | None] | None) -> None:
@@ -485,8 +490,7 @@ class Store:
             msg = Outgoing(id=f"{LOCAL_PREFIX}{uuid.uuid4()}", to=number, content=text,
                            state=OutState.UNSENT, created=now, last_activity=now, due=now,
                            local=True)
-            u.create(msg)
-        logger.info("local message %s to %s queued", msg.id, number)
+            u.create(msg, detail=f"local message queued, to {number}")
         return msg
 
     def _resolve(self, u: Unit, text: str) -> tuple[Outgoing, bool] | list[str] | None:
@@ -550,9 +554,9 @@ class Store:
                     if part.state is not PartState.SENT:
                         part.move(PartState.UNSENT)
                         part.row = None
-                u.transition(msg, OutState.UNSENT, "retry requested")
+                u.transition(msg, OutState.UNSENT, "retry requested",
+                             detail=f"by a person, to {msg.to}")
                 result.retried.append(msg.id)
-                logger.info("message %s to %s: retry requested by a person", msg.id, msg.to)
         return result
 
     def cancel(self, ids: list[str], now: datetime) -> CancelResult:
@@ -569,11 +573,10 @@ class Store:
                 if archived or msg.state is not OutState.UNSENT:
                     result.wrong_state.append((msg.id, msg.state.value))
                     continue
-                u.transition(msg, OutState.FAILED, CANCELLED)
+                u.transition(msg, OutState.FAILED, CANCELLED, detail=f"by a person, to {msg.to}")
                 msg.due = None
                 gone = sum(1 for p in msg.parts if p.state is PartState.SENT)
                 result.cancelled.append((msg.id, msg.local, gone, len(msg.parts)))
-                logger.info("message %s to %s cancelled by a person", msg.id, msg.to)
         return result
 
     # read views -------------------------------------------------------------

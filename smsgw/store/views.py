@@ -169,7 +169,7 @@ def health(store: Store, now: datetime) -> QueueHealth:
             queued=sum(1 for m in out if m.state not in FINISHED_STATES),
             oldest_queued=min(unsent) if unsent else None,
             last_sent=u.last_sent,
-            failed_24h=u.failed_last_day(),
+            failed_24h=u.counters.last_hours(now).failed,
             phone_error=None if phone is None else phone.text,
             battery=None if sample is None or (sample.battery_percent is None
                                                and sample.plugged is None)
