@@ -221,6 +221,7 @@ class Store:
         """Store new inbox rows with fresh UUIDs in the same write that moves the position;
         rows the phone could not read (`bad`) are kept set aside, each key once."""
         stored: list[Incoming] = []
+        details: dict[str, str] = {}  # what the one line of an SMS adds to its reason
         with self.unit(now) as u:
             recent: list[str] = list(u._get("inbox_keys", []))
             seen = set(recent)
@@ -233,8 +234,7 @@ class Store:
                                  sms_received=0, state=InState.SET_ASIDE, key=row.key,
                                  stored=now, reason=f"unreadable row: {row.reason}")
                 stored.append(aside)
-                logger.warning("an inbox row could not be read (%s): kept aside as %s, "
-                               "not forwarded", row.reason, aside.id)
+                details[aside.id] = "not forwarded"
             for row in rows:
                 # The phone's position already gives each row once; this guards against a
                 # re-read. Rows without `_id` (old Termux:API) may be true twins with one
@@ -252,18 +252,15 @@ class Store:
                 if not row.address.strip():
                     # cht-core drops an SMS without `from` (with a 200): it would be lost.
                     msg.state, msg.reason = InState.SET_ASIDE, "no sender number"
-                    logger.warning("received SMS %s has no sender number: kept, not "
-                                   "forwarded", msg.id)
+                    details[msg.id] = "kept, not forwarded"
                 elif _half_character(row.body):
                     # As JSON it needs a \ud83d escape, which PHP's json_decode refuses:
                     # the whole POST, and every SMS in it, would be lost.
                     msg.state, msg.reason = InState.SET_ASIDE, "the text holds half a character"
                     msg.content = row.body.encode("utf-8", "backslashreplace").decode("utf-8")
-                    logger.warning("received SMS %s from %s holds half a character (a lone "
-                                   "surrogate): kept, not forwarded", msg.id, row.address)
+                    details[msg.id] = "a lone surrogate; kept, not forwarded"
                 elif not row.body:
-                    logger.info("received SMS %s from %s is empty; forwarded (cht-core "
-                                "ignores empty SMS)", msg.id, row.address)
+                    details[msg.id] = "empty; forwarded (cht-core ignores empty SMS)"
                 stored.append(msg)
             if stored:
                 u.db.table("incoming").insert_multiple(m.to_dict() for m in stored)
@@ -271,8 +268,11 @@ class Store:
             u._set("inbox_keys", recent[-RECENT_KEYS:])
             u._set("inbox_position", position)
         for msg in stored:  # the one line of each incoming SMS's state change
-            logger.info("received SMS %s from %s: new -> %s%s", msg.id, msg.from_,
-                        msg.state.value, f" ({msg.reason})" if msg.reason else "")
+            detail = details.get(msg.id)
+            logger.log(logging.WARNING if msg.state is InState.SET_ASIDE else logging.INFO,
+                       "received SMS %s from %s: new -> %s%s%s", msg.id, msg.from_ or "?",
+                       msg.state.value, f" ({msg.reason})" if msg.reason else "",
+                       f": {detail}" if detail else "")
         return stored
 
     # exchange -------------------------------------------------------------
