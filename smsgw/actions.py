@@ -35,13 +35,13 @@ def fmt_time(iso: str | datetime | None, now: datetime | None = None) -> str:
     """A stored time for people: UTC, with how long ago."""
     if not iso:
         return "never"
+    from .models import span
+
     dt = datetime.fromisoformat(iso) if isinstance(iso, str) else iso
     text = dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     if now is not None:
-        secs = int((now - dt).total_seconds())
-        ago = f"{secs}s" if abs(secs) < 120 else f"{secs // 60} min" if abs(secs) < 7200 \
-            else f"{secs // 3600} h"
-        text += f" ({ago} ago)" if secs >= 0 else f" (in {ago.lstrip('-')})"
+        secs = (now - dt).total_seconds()
+        text += f" ({span(secs)} ago)" if secs >= 0 else f" (in {span(-secs)})"
     return text
 
 
@@ -288,9 +288,9 @@ def _plural(n: int, noun: str) -> str:
 
 def _age(iso: str, now: datetime) -> str:
     """How long ago a stored time was: 45s, 12 min, 3 h, 2 days."""
-    secs = max(0, int((now - datetime.fromisoformat(iso)).total_seconds()))
-    return (f"{secs}s" if secs < 120 else f"{secs // 60} min" if secs < 7200
-            else f"{secs // 3600} h" if secs < 172800 else f"{secs // 86400} days")
+    from .models import span
+
+    return span(now - datetime.fromisoformat(iso))
 
 
 def stats(store: Store, now: datetime, *, days: int, week: bool, form: str) -> Outcome:
@@ -302,9 +302,6 @@ def stats(store: Store, now: datetime, *, days: int, week: bool, form: str) -> O
     import io
     import json
     import statistics
-    from datetime import timedelta
-
-    from .segment import count_parts
 
     today = now.astimezone(timezone.utc).date()
     first = today - timedelta(days=days - 1)
@@ -331,8 +328,7 @@ def stats(store: Store, now: datetime, *, days: int, week: bool, form: str) -> O
                 continue
             if h.state == "SENT":
                 r["sent"] += 1
-                r["sms_parts"] += sum(count_parts(p.text) for p in msg.parts) \
-                    if msg.parts else count_parts(msg.content)
+                r["sms_parts"] += msg.sms_count()
                 r["waits"].append((h.at - msg.created).total_seconds())
             elif h.state == "FAILED":
                 r["failed"] += 1
@@ -516,18 +512,15 @@ def valid_states() -> list[str]:
     return [s.value for s in OutState] + [s.value for s in InState]
 
 
-def _when(text: str, option: str, now: datetime) -> datetime:
-    """A duration back from now (2h, 30m, 7d) or a date and time."""
-    import re
-
-    from .config import parse_duration, parse_when
+def when(text: str, option: str, now: datetime) -> datetime:
+    """The time a --since or --until value names (config.parse_since: the one rule of
+    `smsgw messages` and `smsgw log`); a value it cannot read is a usage error (exit 2)."""
+    from .config import parse_since
 
     try:
-        if re.fullmatch(r"\s*\d+\s*[smhdSMHD]?\s*", text):
-            return now - timedelta(seconds=parse_duration(text))
-        return parse_when(text, now)
+        return parse_since(text, now, option)
     except UserError as exc:
-        raise BadOption(f"{option}: {exc}") from None
+        raise BadOption(str(exc)) from None
 
 
 def messages(store: Store, now: datetime, *, limit: int, states: tuple[str, ...] = (),
@@ -549,8 +542,8 @@ def messages(store: Store, now: datetime, *, limit: int, states: tuple[str, ...]
     if number is not None and not number.strip():
         raise BadOption("--number: give a number (or its last digits) or a sender name")
     only = MessageFilter(states=frozenset(wanted), number=number, direction=direction,
-                         since=_when(since, "--since", now) if since else None,
-                         until=_when(until, "--until", now) if until else None,
+                         since=when(since, "--since", now) if since else None,
+                         until=when(until, "--until", now) if until else None,
                          id_prefix=id_prefix)
     listing = store.messages(now, limit, only=only)
     out, incoming = listing.outgoing, listing.incoming

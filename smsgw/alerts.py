@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
 from .health import Alert, AlertState, Episode, PhoneHealth, Sent
-from .models import printable
+from .models import printable, span
 
 WEBAPP, PHONE, STUCK, BATTERY = "webapp", "phone", "stuck", "battery"
 CONDITIONS = (WEBAPP, PHONE, STUCK, BATTERY)
@@ -36,12 +36,6 @@ SAMPLE_STALE = timedelta(hours=2)  # an older health sample says nothing about t
 SMS_CHARS = 160  # one GSM-7 SMS
 
 
-def _span(delta: timedelta) -> str:
-    seconds = max(0.0, delta.total_seconds())
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= 2 * size:
-            return f"{seconds / size:.0f} {unit}"
-    return f"{seconds:.0f} s"
 
 
 def _sms(text: str) -> str:
@@ -62,7 +56,7 @@ def decide(state: AlertState, problems: Mapping[str, str], now: datetime, *,
         if key not in problems:
             if old is not None and old.alerted is not None:
                 alerts.append(Alert(key, _sms(f"smsgw ok: {LABELS.get(key, key)} recovered "
-                                              f"after {_span(now - old.since)}"), True))
+                                              f"after {span(now - old.since)}"), True))
             continue
         # A start in the future: the clock went back. Count from now.
         since = old.since if old is not None and old.since <= now else now
@@ -72,7 +66,7 @@ def decide(state: AlertState, problems: Mapping[str, str], now: datetime, *,
         previous = last.get(key)
         quiet = previous is not None and timedelta(0) <= now - previous < every
         if now - since >= wait and not quiet:
-            lasting = f" for {_span(now - since)}" if now - since >= timedelta(minutes=2) else ""
+            lasting = f" for {span(now - since)}" if now - since >= timedelta(minutes=2) else ""
             alerts.append(Alert(key, _sms(f"smsgw alert: {LABELS.get(key, key)}{lasting}: "
                                           f"{problems[key]}")))
             episode = Episode(since, problems[key], now)
@@ -114,11 +108,11 @@ def stuck_problem(now: datetime, handoffs: Iterable[datetime | None], late: int,
     found = []
     if waiting:
         found.append(f"{waiting} SMS part{'s' if waiting != 1 else ''} with no record on the "
-                     f"phone after {_span(confirm_timeout)}")
+                     f"phone after {span(confirm_timeout)}")
     if unknown:
         found.append(f"{unknown} message{'s' if unknown != 1 else ''} failed with an unknown "
                      "outcome")
     if late:
         found.append(f"{late} message{'s' if late != 1 else ''} due but not sent for over "
-                     f"{_span(confirm_timeout)}")
+                     f"{span(confirm_timeout)}")
     return "; ".join(found) or None

@@ -317,8 +317,9 @@ def _complete_state(ctx: click.Context, param: click.Parameter, incomplete: str)
 @click.option("--direction", type=click.Choice(["in", "out"]),
               help="in: SMS to the webapp; out: messages from the webapp.")
 @click.option("--since", metavar="WHEN",
-              help="Only messages that reached smsgw since WHEN: a duration back from now "
-                   "(2h, 30m, 7d) or a date and time (2026-11-30T08:00, local time).")
+              help="Only messages that reached smsgw since WHEN: a time back from now "
+                   "(2h, 30m, 1h30m, 7d) or a date and time in UTC (2026-11-30, "
+                   "2026-11-30T08:00).")
 @click.option("--until", metavar="WHEN", help="... and until WHEN (same forms).")
 @click.option("--id", "id_prefix", metavar="ID", shell_complete=_complete("any"),
               help="Only messages whose id starts with ID.")
@@ -351,8 +352,8 @@ def messages(c: Ctx, states: tuple[str, ...], number: str | None, direction: str
 @click.option("-n", "lines", default=50, show_default=True, type=click.IntRange(0, 100000),
               help="Show the last N lines (of those the other options keep).")
 @click.option("--since", metavar="WHEN",
-              help="Only events since WHEN: a duration ago (2h, 30m, 1d) or a date or "
-                   "date and time in UTC (2026-12-07, 2026-12-07T09:00).")
+              help="Only events since WHEN: a time back from now (2h, 30m, 1h30m, 1d) or "
+                   "a date and time in UTC (2026-12-07, 2026-12-07T09:00).")
 @click.option("--id", "msg_id", metavar="ID", help="Only lines naming this message.")
 @click.option("--level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
                                            case_sensitive=False),
@@ -362,10 +363,11 @@ def log_cmd(c: Ctx, follow: bool, lines: int, since: str | None, msg_id: str | N
             level: str | None) -> None:
     """Show the event log: what the gateway and the operator did, one event a line, in
     UTC, with the message id. Reads the rotated files too (smsgw.log.3 .. smsgw.log)."""
-    from .eventlog import Filter, parse_since, show
+    from .actions import when
+    from .eventlog import Filter, show
     from .models import utcnow
 
-    wanted = Filter(since=parse_since(since, utcnow()) if since else None, msg_id=msg_id,
+    wanted = Filter(since=when(since, "--since", utcnow()) if since else None, msg_id=msg_id,
                     level=level)
     show(c.paths.log_file, lines, wanted, follow, click.echo)
 

@@ -915,3 +915,35 @@ def parse_when(text: str, now: datetime) -> datetime:
     if when.tzinfo is None:
         when = when.astimezone()  # local time
     return when.astimezone(timezone.utc)
+
+
+_SPAN = re.compile(r"(\d+)\s*(sec|min|s|m|h|d|w)")
+_SPAN_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: datetime, option: str) -> datetime:
+    """A --since or --until value as aware UTC: `now`, a time back from now (`90s`, `30m`,
+    `30min`, `2h`, `7d`, `2w`, `1h30m`; a bare number is seconds), or an ISO 8601 date or
+    date and time in UTC, as every time smsgw shows (`2026-12-07`, `2026-12-07T09:00`;
+    a zone given, `Z` or `+03:00`, is kept). The one rule of `smsgw messages` and `smsgw
+    log`; what it cannot read is refused naming `option`."""
+    from datetime import timedelta
+
+    spec = text.strip().lower()
+    if spec == "now":
+        return now
+    if spec.isdecimal():
+        return now - timedelta(seconds=int(spec))
+    if spec and _SPAN.search(spec) and not _SPAN.sub("", spec).strip():
+        return now - timedelta(seconds=sum(int(n) * _SPAN_SECONDS[u]
+                                           for n, u in _SPAN.findall(spec)))
+    iso = text.strip()
+    if iso[-1:] in ("Z", "z"):
+        iso = iso[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(iso)
+    except ValueError:
+        raise UserError(f"{option}: not a date and time, nor a time back from now: {text!r} "
+                        "(use e.g. 2h, 30m, 1h30m, 7d, 2026-12-07 or 2026-12-07T09:00, "
+                        "in UTC)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)

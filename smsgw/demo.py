@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .actions import fmt_time
 from .config import Settings
 from .gateway import Gateway
 from .models import utcnow
@@ -190,7 +191,7 @@ def _when(ms: object) -> str:
     """The protocol's milliseconds since the epoch as a UTC time for people."""
     if not isinstance(ms, int) or isinstance(ms, bool):
         return repr(ms)
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return fmt_time(datetime.fromtimestamp(ms / 1000, timezone.utc))
 
 
 def _reason(webapp: ReferenceWebapp, msg_id: str, status: str) -> str:

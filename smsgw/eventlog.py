@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import UserError
@@ -30,8 +30,6 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LEVEL = "(" + "|".join(LEVELS) + ")"
 _UTC_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) " + _LEVEL + r"\b")
 _OLD_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:,\d+)? " + _LEVEL + r"\b")
-_SPAN = re.compile(r"(\d+)\s*(s|m|min|h|d|w)")
-_SPAN_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass
@@ -54,24 +52,6 @@ def parse_line(line: str) -> tuple[datetime | None, str | None]:
     if m:  # written by an older smsgw in the machine's local time
         return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").astimezone(), m.group(2)
     return None, None
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """'2h', '30m', '1d', '1h30m' ago, or a date or date and time in UTC
-    ('2026-12-07', '2026-12-07T09:00', an explicit zone is kept)."""
-    spec = text.strip().lower()
-    if spec and _SPAN.sub("", spec).strip() == "" and _SPAN.search(spec):
-        seconds = sum(int(n) * _SPAN_SECONDS[u] for n, u in _SPAN.findall(spec))
-        return now - timedelta(seconds=seconds)
-    iso = text.strip()
-    if iso.endswith(("Z", "z")):
-        iso = iso[:-1] + "+00:00"
-    try:
-        when = datetime.fromisoformat(iso)
-    except ValueError:
-        raise UserError(f"--since: not a duration or a date and time: {text!r} (use e.g. "
-                        "2h, 30m, 1d, 2026-12-07 or 2026-12-07T09:00, in UTC)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def log_files(current: Path) -> list[Path]:

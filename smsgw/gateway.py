@@ -31,6 +31,7 @@ from .models import (
     PartState,
     PhoneProblem,
     Ref,
+    span,
     utcnow,
 )
 from .phone.base import (
@@ -56,14 +57,6 @@ UNKNOWN_OUTCOME = "outcome unknown: no record on the phone"
 HEALTH_EVERY = timedelta(minutes=15)  # the phone's health costs two termux calls a sample
 HEALTH_CALLS = 2  # termux calls a health sample costs (battery, SIM and network)
 HEALTH_BUDGET = 0.05  # termux calls per cycle the samples may add, on average
-
-
-def _span(seconds: float) -> str:
-    """A duration for people: 90 s, 15 min, 3 h, 60 days."""
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= 2 * size:
-            return f"{seconds / size:.0f} {unit}"
-    return f"{seconds:.0f} s"
 
 
 def _health_key(health: PhoneHealth) -> tuple[Any, ...]:
@@ -120,6 +113,7 @@ class _Handoff:
     ref: Ref
     number: str
     texts: list[tuple[int, str]]
+    sms: dict[int, int] = field(default_factory=dict)  # SMS parts of each text
     outcome: dict[int, PartState] = field(default_factory=dict)
     error: Exception | None = None
     stop: bool = False
@@ -196,7 +190,7 @@ class Gateway:
             jump = (now - wall0).total_seconds() - (mono - mono0)
             if abs(jump) > CLOCK_JUMP:
                 logger.warning("the clock jumped %s by %s (from %s to %s)",
-                               "ahead" if jump > 0 else "back", _span(abs(jump)),
+                               "ahead" if jump > 0 else "back", span(abs(jump)),
                                wall0.isoformat(timespec="seconds"),
                                now.isoformat(timespec="seconds"))
                 self.store.record_clock_jump(now, jump)
@@ -270,7 +264,7 @@ class Gateway:
                 self.store.record_exchange_error(now, str(exc), exc.status, exc.message)
                 raise
             report.posts += 1
-            checked = [(msg, invalid_reason(msg) or self._too_long(msg)) for msg in offered]
+            checked = [self._check(msg) for msg in offered]
             result = self.store.complete_exchange(batch, checked, self.clock())
             report.forwarded += len(batch.incoming)
             report.updates_posted += len(batch.updates)
@@ -278,9 +272,6 @@ class Gateway:
             report.known += len(result.known)
             report.invalid += len(result.invalid)
             report.remaining = result.remaining
-            if batch.incoming:
-                logger.info("forwarded %d SMS to the webapp: %s", len(batch.incoming),
-                            ", ".join(m.id for m in batch.incoming))
             if not (result.new or result.remaining):
                 return
         logger.info("exchange stopped after %d POSTs; the rest goes next cycle", MAX_ROUNDS)
@@ -388,16 +379,22 @@ class Gateway:
         self.store.queue_alerts(now, normalize_number(self.settings.alert_to), step)
 
     # 4. send --------------------------------------------------------------
-    def _too_long(self, msg: Offered) -> str | None:
-        """Why a text is refused for its length: more SMS parts than `max_parts`. (Android
-        stalls a headless phone on a dialog past its sending limit.)"""
+    def _check(self, msg: Offered) -> tuple[Offered, str | None]:
+        """A message the webapp offered, with its SMS parts counted (kept on its record:
+        what sending it costs), and why it cannot be sent (None when it can): invalid, or
+        more SMS parts than `max_parts` (Android stalls a headless phone on a dialog past
+        its sending limit)."""
+        invalid = invalid_reason(msg)
+        if invalid is not None:
+            return msg, invalid
         assert msg.content is not None
         if self.settings.cdma_mode:
             count = len(segment.split_cdma(msg.content, prefix=self.settings.cdma_prefix))
         else:
             count = segment.count_parts(msg.content)
         limit = self.settings.max_parts
-        return f"too long: {count} parts (max {limit})" if count > limit else None
+        return replace(msg, sms_parts=count), \
+            f"too long: {count} parts (max {limit})" if count > limit else None
 
     def _parts_of(self, msg: Outgoing) -> list[Part]:
         if self.settings.cdma_mode:
@@ -444,8 +441,8 @@ class Gateway:
         if not ttl:
             return
         for msg in u.unsent_since_before(u.now - timedelta(seconds=ttl)):
-            u.transition(msg, OutState.FAILED, "expired")
-            logger.warning("message %s to %s expired unsent after %ss", msg.id, msg.to, ttl)
+            u.transition(msg, OutState.FAILED, "expired",
+                         detail=f"to {msg.to}, unsent after {span(ttl)}")
 
     def _begin(self, u: Unit, ref: Ref) -> _Handoff | _RateLimited | None:
         """Record the intent to send (SENDING) durably and say what to send; or say that
@@ -453,11 +450,17 @@ class Gateway:
         msg = u.get(ref)
         if msg is None or msg.state is not OutState.UNSENT:
             return None
-        if not msg.parts:
-            msg.parts = self._parts_of(msg)
         todo = [i for i, p in enumerate(msg.parts)
                 if p.state in (PartState.UNSENT, PartState.FAILED)]
-        cost = sum(segment.count_parts(msg.parts[i].text) for i in todo)
+        if not msg.parts:
+            msg.parts = self._parts_of(msg)
+            todo = list(range(len(msg.parts)))
+        # SMS parts, what the network counts (and bills), not the sends: a long text is
+        # one send of several parts; a CDMA part is one send of one
+        counts = {i: segment.count_parts(msg.parts[i].text) for i in todo}
+        if len(todo) == len(msg.parts):  # every part goes: what the whole message costs
+            msg.sms_parts = sum(counts.values())
+        cost = sum(counts.values())
         log = u.rate_log.clamped(u.now)
         if log != u.rate_log:
             u.rate_log = log  # saved now, so that the entries age from here
@@ -468,7 +471,7 @@ class Gateway:
             # CDMA parts are SMS of their own: what fits the budget now, the rest later.
             fit, total = [], 0
             for i in todo:
-                one = segment.count_parts(msg.parts[i].text)
+                one = counts[i]
                 if total + one > left:
                     break
                 fit.append(i)
@@ -488,7 +491,8 @@ class Gateway:
         self._sent.append((self.monotonic(), cost))
         u.rate_log = log.add(u.now, cost)
         u.transition(msg, OutState.SENDING)
-        return _Handoff(msg.ref, msg.to, [(i, msg.parts[i].text) for i in todo])
+        return _Handoff(msg.ref, msg.to, [(i, msg.parts[i].text) for i in todo],
+                        {i: counts[i] for i in todo})
 
     def _hand_over(self, job: _Handoff, report: CycleReport) -> None:
         """Run the sends (no lock held): one termux-sms-send per part, stop at an error."""
@@ -518,32 +522,29 @@ class Gateway:
             u.transition(msg, OutState.FAILED, str(error))
             report.failed += 1
         elif isinstance(error, PhoneError) and error.maybe_sent:
-            logger.error("message %s: %s; the outcome is checked on the phone", msg.id, error)
+            u.note(logging.ERROR, "message %s: %s; the outcome is checked on the phone",
+                   msg.id, error)
         elif error is not None and not any(p.state is PartState.PENDING for p in msg.parts):
             self._failed_try(u, msg, str(error), report)
         else:
             # With some parts handed over, a failed one is retried once they are settled.
-            u.transition(msg, OutState.PENDING)
-            # SMS parts, what the network counts (and bills), not the sends: a long text
-            # is one send of several parts; a CDMA part is one send of one
-            sms = sum(segment.count_parts(text) for i, text in job.texts
-                      if job.outcome.get(i) is PartState.PENDING)
-            logger.info("message %s to %s handed to the phone (%d SMS part%s)", msg.id,
-                        msg.to, sms, "" if sms == 1 else "s")
+            sms = sum(n for i, n in job.sms.items() if job.outcome.get(i) is PartState.PENDING)
+            u.transition(msg, OutState.PENDING, detail=f"handed to the phone, to {msg.to}, "
+                         f"{sms} SMS part{'' if sms == 1 else 's'}")
 
     def _failed_try(self, u: Unit, msg: Outgoing, cause: str, report: CycleReport) -> None:
         """A try failed: schedule the protocol's retry, or give up after 20."""
         decision = retry.after_failure(msg.retries, u.now, msg.to, cause)
         report.failed_tries += 1
         if decision.give_up:
-            logger.error("%s [%s]", decision.log_line, msg.id)
-            u.transition(msg, OutState.FAILED, cause)
+            u.transition(msg, OutState.FAILED, cause, detail=decision.log_line,
+                         level=logging.ERROR)
             report.failed += 1
         else:
-            logger.warning("%s [%s]", decision.log_line, msg.id)
             msg.retries = decision.retries
             msg.due = decision.due
-            u.transition(msg, OutState.UNSENT, cause)
+            u.transition(msg, OutState.UNSENT, cause, detail=decision.log_line,
+                         level=logging.WARNING)
 
     # 5. reconcile -------------------------------------------------------------
     def reconcile(self, report: CycleReport) -> None:
@@ -627,9 +628,8 @@ class Gateway:
         if any(s in AWAITING_PARTS for s in states):
             return  # wait for every part before deciding
         if all(s is PartState.SENT for s in states):
-            u.transition(msg, OutState.SENT)
+            u.transition(msg, OutState.SENT, detail=f"to {msg.to}, recorded by the phone")
             report.confirmed += 1
-            logger.info("message %s to %s sent (recorded by the phone)", msg.id, msg.to)
             return
         if all(s in (PartState.SENT, PartState.UNSENT) for s in states):
             # Paced: the parts sent are SENT, the others wait for the rate budget.
@@ -637,10 +637,9 @@ class Gateway:
             u.transition(msg, OutState.UNSENT)
             return
         if any(s is PartState.UNKNOWN for s in states):
-            u.transition(msg, OutState.FAILED, UNKNOWN_OUTCOME)
+            u.transition(msg, OutState.FAILED, UNKNOWN_OUTCOME, level=logging.ERROR,
+                         detail=f"to {msg.to}; not resent automatically (smsgw retry {msg.id})")
             report.failed += 1
-            logger.error("message %s to %s: %s; not resent automatically (smsgw retry %s)",
-                         msg.id, msg.to, UNKNOWN_OUTCOME, msg.id)
             return
         self._failed_try(u, msg, cause, report)
 

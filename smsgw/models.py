@@ -41,6 +41,16 @@ def json_type(value: Any) -> str:
     return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "unknown")
 
 
+def span(duration: float | timedelta) -> str:
+    """A duration for people, rounded: 45s, 15 min, 3 h, 60 days (a negative one is 0s)."""
+    seconds = max(0.0, duration.total_seconds() if isinstance(duration, timedelta)
+                  else float(duration))
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f}s"
+
+
 def utcnow() -> datetime:
     """The real clock: timezone-aware UTC."""
     return datetime.now(timezone.utc) + _TEST_CLOCK_OFFSET
@@ -204,6 +214,9 @@ class Outgoing:
     # because a webapp id is opaque and may be spelled any way ("local-1" included).
     local: bool = False
     reported: OutState | None = None  # the last status queued for the webapp this attempt
+    # SMS parts the text takes (what airtime costs), counted by the gateway when the text
+    # arrived and again when it is first handed over; None in records stored before.
+    sms_parts: int | None = None
 
     @property
     def ref(self) -> Ref:
@@ -218,6 +231,7 @@ class Outgoing:
             "reason": self.reason, "parts": [self._part_dict(p) for p in self.parts],
             "history": [h.to_dict() for h in self.history],
             "reported": self.reported.value if self.reported else None,
+            "sms_parts": self.sms_parts,
         }
         if self.local:
             d["local"] = True
@@ -240,7 +254,18 @@ class Outgoing:
             history=[HistoryEntry.from_dict(h) for h in d.get("history", [])],
             local=d.get("local") is True,
             reported=OutState(d["reported"]) if d.get("reported") else None,
+            sms_parts=d.get("sms_parts"),
         )
+
+    def sms_count(self) -> int:
+        """The SMS parts this message takes: the count kept on the record, or for a record
+        stored before smsgw kept it, counted now from its sends (or its text)."""
+        if self.sms_parts is not None:
+            return self.sms_parts
+        from .segment import count_parts  # only for such older records
+
+        return sum(count_parts(p.text) for p in self.parts) if self.parts else \
+            count_parts(self.content)
 
 
 @dataclass
@@ -302,6 +327,7 @@ class Offered:
     to: str | None
     content: str | None
     problem: str | None = None
+    sms_parts: int | None = None  # set by the gateway once it has counted the text
 
 
 # --- typed values the store keeps beside the records (each has one owner) -----------------
@@ -368,6 +394,7 @@ class Failure:
 # UTC days kept one by one beside the records; older days are folded into one total, so
 # the all-time counts survive archive retention and the state stays small.
 COUNTED_DAYS = 7
+COUNTED_HOURS = 24  # UTC hours kept one by one too, for the health report's last 24 h
 COUNT_NAMES = ("sent", "failed", "received", "parts", "phone_errors")
 
 
@@ -394,15 +421,23 @@ class Tally(NamedTuple):
         return cls(*(int(d.get(n) or 0) for n in COUNT_NAMES))
 
 
+def _hour(now: datetime, back: int = 0) -> str:
+    """The UTC hour `back` hours before `now`'s, as a sortable key (2026-12-07T09)."""
+    return (now.astimezone(timezone.utc) - timedelta(hours=back)).strftime("%Y-%m-%dT%H")
+
+
 class Counters(NamedTuple):
-    """Counts by UTC day for the last COUNTED_DAYS days, and the total of every day before
-    (owner: the store, which counts in the unit of work that makes the change)."""
+    """Counts by UTC day for the last COUNTED_DAYS days, and the total of every day before;
+    and by UTC hour for the last COUNTED_HOURS hours (owner: the store, which counts in the
+    unit of work that makes the change)."""
 
     days: tuple[tuple[str, Tally], ...] = ()  # (UTC date, counts), oldest first
     before: Tally = Tally()
+    hours: tuple[tuple[str, Tally], ...] = ()  # (UTC hour, counts), oldest first
 
     def add(self, now: datetime, **counts: int) -> Counters:
-        """These counts added to `now`'s UTC day; days out of the window folded."""
+        """These counts added to `now`'s UTC day and hour; days out of the window folded,
+        hours out of theirs dropped (the days hold them)."""
         today = now.astimezone(timezone.utc).date()
         day = today.isoformat()
         days = dict(self.days)
@@ -412,7 +447,10 @@ class Counters(NamedTuple):
         # a day ahead of today (the clock went back) is folded too: counts are never lost
         for d in [d for d in days if d < first or d > day]:
             before = before.plus(days.pop(d))
-        return Counters(tuple(sorted(days.items())), before)
+        hour, first_hour = _hour(now), _hour(now, COUNTED_HOURS - 1)
+        hours = {h: t for h, t in self.hours if first_hour <= h <= hour}
+        hours[hour] = hours.get(hour, Tally()).plus(Tally(**counts))
+        return Counters(tuple(sorted(days.items())), before, tuple(sorted(hours.items())))
 
     def since(self, now: datetime, days: int) -> Tally:
         """The counts of the `days` UTC days ending with `now`'s (at most COUNTED_DAYS)."""
@@ -421,6 +459,16 @@ class Counters(NamedTuple):
         total = Tally()
         for day, tally in self.days:
             if first <= day <= today.isoformat():
+                total = total.plus(tally)
+        return total
+
+    def last_hours(self, now: datetime, hours: int = COUNTED_HOURS) -> Tally:
+        """The counts of `now`'s UTC hour and the `hours` - 1 before (at most
+        COUNTED_HOURS)."""
+        first, last = _hour(now, hours - 1), _hour(now)
+        total = Tally()
+        for hour, tally in self.hours:
+            if first <= hour <= last:
                 total = total.plus(tally)
         return total
 
@@ -433,10 +481,15 @@ class Counters(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         return {"days": {d: t.to_dict() for d, t in self.days},
-                "before": self.before.to_dict()}
+                "before": self.before.to_dict(),
+                # only what happened: most hours count one thing or nothing
+                "hours": {h: {n: v for n, v in t.to_dict().items() if v}
+                          for h, t in self.hours}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Counters:
         d = d or {}
         return cls(tuple(sorted((k, Tally.from_dict(v)) for k, v in d.get("days", {}).items())),
-                   Tally.from_dict(d.get("before") or {}))
+                   Tally.from_dict(d.get("before") or {}),
+                   tuple(sorted((k, Tally.from_dict(v))
+                                for k, v in (d.get("hours") or {}).items())))

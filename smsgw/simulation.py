@@ -6,10 +6,9 @@ process, as the world drives a real phone: an SMS arrives, sends fail, the radio
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 
-from .actions import Outcome
+from .actions import Outcome, fmt_time
 from .config import Paths
 from .errors import UserError
 from .models import printable
@@ -100,7 +99,7 @@ def show(paths: Paths, limit: int, as_json: bool) -> Outcome:
     if len(rows) > len(shown):
         out.append(f"  ... {len(rows) - len(shown)} older rows (--limit)")
     for row, bad in shown:
-        when = _utc(row.date)
+        when = fmt_time(row.date)
         if bad is not None:
             out.append(f"  #{row.row_id}  {when}  unreadable inbox row ({printable(bad.reason)})"
                        f"  {printable(bad.raw)}")
@@ -109,7 +108,3 @@ def show(paths: Paths, limit: int, as_json: bool) -> Outcome:
         out.append(f"  #{row.row_id}  {when}  {row.kind:<7} {printable(who):<20}  "
                    f"{printable(repr(row.body))}")
     return Outcome(out=out)
-
-
-def _utc(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -208,7 +208,8 @@ def test_cancel_while_the_daemon_runs_is_heard_by_the_webapp(
     assert (msg["state"], msg["reason"]) == ("FAILED", "cancelled")
     assert len(fake_termux.calls("termux-sms-send")) == 1  # never tried again
     log = smsgw.log_file.read_text(encoding="utf-8")
-    assert f"message {msg_id} to +254711000001 cancelled by a person" in log
+    assert f"message {msg_id}: UNSENT -> FAILED (cancelled): by a person, to +254711000001" \
+        in log
     again = smsgw("cancel", msg_id)
     assert again.returncode == ExitCode.WRONG_STATE
     assert again.stderr == f"{msg_id}: is FAILED: already finished; nothing to cancel\n"

@@ -118,11 +118,15 @@ def test_the_log_tells_what_the_operator_did_in_utc_with_the_message_ids(
                    "message ok-1: new -> UNSENT", "message ok-1: UNSENT -> SENDING",
                    "message ok-1: SENDING -> PENDING", f"message {local_id}: new -> UNSENT"):
         assert sum(change in line for line in lines) == 1, (change, text)
-    assert any("retry requested by a person" in line for line in lines)
-    assert any(f"local message {local_id} to +15551230002 queued" in line for line in lines)
+    # the context once said on lines of their own is on the change's one line
+    assert any("message bad-1: FAILED -> UNSENT (retry requested): by a person" in line
+               for line in lines)
+    assert any(f"message {local_id}: new -> UNSENT: local message queued, to +15551230002"
+               in line for line in lines)
 
     by_id = ok(smsgw("log", "--id", "bad-1")).splitlines()
-    assert len(by_id) >= 3 and all("bad-1" in line for line in by_id), by_id
+    # its two changes, a line each (the refusal was a third line of its own before)
+    assert len(by_id) == 2 and all("bad-1" in line for line in by_id), by_id
     assert not any("ok-1" in line for line in by_id)
     warnings = ok(smsgw("log", "--level", "warning")).splitlines()
     assert any("message bad-1: new -> FAILED" in line for line in warnings), warnings
@@ -170,7 +174,7 @@ def test_log_reads_the_rotated_files_oldest_first_and_filters_them(
     assert errors == every[1:2] + every[3:6], errors
 
     bad = smsgw("log", "--since", "yesterday")
-    assert bad.returncode == ExitCode.ERROR
+    assert bad.returncode == ExitCode.USAGE  # as `smsgw messages --since yesterday`
     assert bad.stderr.startswith("smsgw: error: --since:") and len(
         bad.stderr.splitlines()) == 1, bad.stderr
 
@@ -457,5 +461,6 @@ def test_sent_messages_count_their_sms_parts_over_the_fakes(
     assert data["counters"]["today"] == {"sent": 2, "failed": 0, "received": 1, "parts": 4,
                                          "phone_errors": 0}
     log = ok(smsgw("log", "--id", "f-2"))
-    assert "message f-2 to +15551230002 handed to the phone (3 SMS parts)" in log, log
+    assert "message f-2: SENDING -> PENDING: handed to the phone, to +15551230002, 3 SMS " \
+        "parts" in log, log
     assert "message f-2: PENDING -> SENT" in log, log

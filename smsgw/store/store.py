@@ -117,6 +117,10 @@ class CancelResult:
 CANCELLED = "cancelled"  # the reason of a message FAILED by `smsgw cancel`
 
 
+def _parts(n: int) -> str:
+    return f"{n} SMS part{'' if n == 1 else 's'}"
+
+
 class Store:
     """The state of one gateway: a folder holding state.json, its lock and the archive."""
 
@@ -218,6 +222,7 @@ class Store:
         """Store new inbox rows with fresh UUIDs in the same write that moves the position;
         rows the phone could not read (`bad`) are kept set aside, each key once."""
         stored: list[Incoming] = []
+        details: dict[str, str] = {}  # what the one line of an SMS adds to its reason
         with self.unit(now) as u:
             recent: list[str] = list(u._get("inbox_keys", []))
             seen = set(recent)
@@ -230,8 +235,7 @@ class Store:
                                  sms_received=0, state=InState.SET_ASIDE, key=row.key,
                                  stored=now, reason=f"unreadable row: {row.reason}")
                 stored.append(aside)
-                logger.warning("an inbox row could not be read (%s): kept aside as %s, "
-                               "not forwarded", row.reason, aside.id)
+                details[aside.id] = "not forwarded"
             for row in rows:
                 # The phone's position already gives each row once; this guards against a
                 # re-read. Rows without `_id` (old Termux:API) may be true twins with one
@@ -249,18 +253,15 @@ class Store:
                 if not row.address.strip():
                     # cht-core drops an SMS without `from` (with a 200): it would be lost.
                     msg.state, msg.reason = InState.SET_ASIDE, "no sender number"
-                    logger.warning("received SMS %s has no sender number: kept, not "
-                                   "forwarded", msg.id)
+                    details[msg.id] = "kept, not forwarded"
                 elif _half_character(row.body):
                     # As JSON it needs a \ud83d escape, which PHP's json_decode refuses:
                     # the whole POST, and every SMS in it, would be lost.
                     msg.state, msg.reason = InState.SET_ASIDE, "the text holds half a character"
                     msg.content = row.body.encode("utf-8", "backslashreplace").decode("utf-8")
-                    logger.warning("received SMS %s from %s holds half a character (a lone "
-                                   "surrogate): kept, not forwarded", msg.id, row.address)
+                    details[msg.id] = "a lone surrogate; kept, not forwarded"
                 elif not row.body:
-                    logger.info("received SMS %s from %s is empty; forwarded (cht-core "
-                                "ignores empty SMS)", msg.id, row.address)
+                    details[msg.id] = "empty; forwarded (cht-core ignores empty SMS)"
                 stored.append(msg)
             if stored:
                 u.db.table("incoming").insert_multiple(m.to_dict() for m in stored)
@@ -268,8 +269,11 @@ class Store:
             u._set("inbox_keys", recent[-RECENT_KEYS:])
             u._set("inbox_position", position)
         for msg in stored:  # the one line of each incoming SMS's state change
-            logger.info("received SMS %s from %s: new -> %s%s", msg.id, msg.from_,
-                        msg.state.value, f" ({msg.reason})" if msg.reason else "")
+            detail = details.get(msg.id)
+            logger.log(logging.WARNING if msg.state is InState.SET_ASIDE else logging.INFO,
+                       "received SMS %s from %s: new -> %s%s%s", msg.id, msg.from_ or "?",
+                       msg.state.value, f" ({msg.reason})" if msg.reason else "",
+                       f": {detail}" if detail else "")
         return stored
 
     # exchange -------------------------------------------------------------
@@ -367,16 +371,17 @@ class Store:
                     continue
                 u.create(Outgoing(id=msg.id, to=str(msg.to or ""), content=str(msg.content or ""),
                                   state=OutState.FAILED, reason=invalid, created=u.now,
-                                  last_activity=u.now))
+                                  last_activity=u.now, sms_parts=msg.sms_parts))
                 seen_now.add(msg.id)
-                logger.warning("message %s refused: %s", msg.id, invalid)
                 continue
             assert msg.id is not None and msg.to is not None and msg.content is not None
             u.create(Outgoing(id=msg.id, to=msg.to, content=msg.content, state=OutState.UNSENT,
-                              created=u.now, last_activity=u.now, due=u.now))
+                              created=u.now, last_activity=u.now, due=u.now,
+                              sms_parts=msg.sms_parts),
+                     detail=f"queued, to {msg.to}" + ("" if msg.sms_parts is None else
+                                                      f", {_parts(msg.sms_parts)}"))
             seen_now.add(msg.id)
             result.new.append(msg.id)
-            logger.info("message %s to %s queued", msg.id, msg.to)
 
     def _requeue_known(self, u: Unit, msg_id: str,
                        archived: tuple[str, str | None] | None) -> None:
@@ -489,8 +494,7 @@ class Store:
             msg = Outgoing(id=f"{LOCAL_PREFIX}{uuid.uuid4()}", to=number, content=text,
                            state=OutState.UNSENT, created=now, last_activity=now, due=now,
                            local=True)
-            u.create(msg)
-        logger.info("local message %s to %s queued", msg.id, number)
+            u.create(msg, detail=f"local message queued, to {number}")
         return msg
 
     def queue_alerts(self, now: datetime, number: str,
@@ -581,9 +585,9 @@ class Store:
                     if part.state is not PartState.SENT:
                         part.move(PartState.UNSENT)
                         part.row = None
-                u.transition(msg, OutState.UNSENT, "retry requested")
+                u.transition(msg, OutState.UNSENT, "retry requested",
+                             detail=f"by a person, to {msg.to}")
                 result.retried.append(msg.id)
-                logger.info("message %s to %s: retry requested by a person", msg.id, msg.to)
         return result
 
     def cancel(self, ids: list[str], now: datetime) -> CancelResult:
@@ -600,11 +604,10 @@ class Store:
                 if archived or msg.state is not OutState.UNSENT:
                     result.wrong_state.append((msg.id, msg.state.value))
                     continue
-                u.transition(msg, OutState.FAILED, CANCELLED)
+                u.transition(msg, OutState.FAILED, CANCELLED, detail=f"by a person, to {msg.to}")
                 msg.due = None
                 gone = sum(1 for p in msg.parts if p.state is PartState.SENT)
                 result.cancelled.append((msg.id, msg.local, gone, len(msg.parts)))
-                logger.info("message %s to %s cancelled by a person", msg.id, msg.to)
         return result
 
     # read views -------------------------------------------------------------

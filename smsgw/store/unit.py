@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from tinydb import TinyDB
@@ -45,15 +45,6 @@ logger = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 50
 FAILURES_KEPT = 10
-FAILED_HOURS = 24  # hours of FAILED counts kept for the health report
-
-
-def _sms_parts(msg: Outgoing) -> int:
-    """The SMS parts a message took (what airtime costs): each send's segments."""
-    from ..segment import count_parts  # only when a message is SENT: the daemon has it
-
-    return sum(count_parts(p.text) for p in msg.parts) if msg.parts else \
-        count_parts(msg.content)
 
 
 class Unit:
@@ -293,11 +284,11 @@ class Unit:
         self._refs()[msg.ref] = msg.seq
         self.touch(msg)
 
-    def create(self, msg: Outgoing) -> None:
+    def create(self, msg: Outgoing, detail: str | None = None) -> None:
         """Add a message that has just arrived, in its first state (UNSENT, or FAILED when
-        refused), and tell the webapp."""
+        refused), and tell the webapp; `detail` as for `transition`."""
         self.add(msg)
-        self._record(msg, msg.state, msg.reason)
+        self._record(msg, msg.state, msg.reason, detail=detail)
 
     def drop(self, msg: Outgoing) -> None:
         """Take a message out of the active queue (into the archive)."""
@@ -305,24 +296,32 @@ class Unit:
         self._removed.add(msg.seq)
         self._refs().pop(msg.ref, None)
 
-    def transition(self, msg: Outgoing, state: OutState, reason: str | None = None) -> None:
+    def transition(self, msg: Outgoing, state: OutState, reason: str | None = None, *,
+                   detail: str | None = None, level: int | None = None) -> None:
         """Move a message to `state` as the transition table allows, keep its history, and
-        queue the status the webapp should hear. An illegal move changes nothing."""
+        queue the status the webapp should hear. An illegal move changes nothing.
+
+        The move is the one line of the event log for it: `detail` adds what the log
+        should tell beyond the reason (the number, the parts, the retry), `level` overrides
+        the level (INFO; WARNING for FAILED)."""
         check_move(OUT_MOVES, msg.state, state, f"message {msg.id}")
         old = msg.state
         if msg.state is OutState.FAILED:
             self._set("last_failures", [f for f in self._get("last_failures", [])
                                         if f["id"] != msg.id])
         msg.state = state
-        self._record(msg, state, reason, old)
+        self._record(msg, state, reason, old, detail=detail, level=level)
 
     def _record(self, msg: Outgoing, state: OutState, reason: str | None,
-                old: OutState | None = None) -> None:
-        self.note(logging.WARNING if state is OutState.FAILED else logging.INFO,
-                  "message %s: %s -> %s%s", msg.id, old.value if old else "new", state.value,
-                  f" ({reason})" if reason else "")
+                old: OutState | None = None, *, detail: str | None = None,
+                level: int | None = None) -> None:
+        if level is None:
+            level = logging.WARNING if state is OutState.FAILED else logging.INFO
+        self.note(level, "message %s: %s -> %s%s%s", msg.id, old.value if old else "new",
+                  state.value, f" ({reason})" if reason else "", f": {detail}" if detail else "")
         if state is OutState.SENT:
-            self.count(sent=1, parts=_sms_parts(msg))
+            self.count(sent=1, parts=msg.sms_count())
+            self._set("last_sent", to_iso(self.now))
         elif state is OutState.FAILED:
             self.count(failed=1)
         msg.reason = reason
@@ -331,8 +330,6 @@ class Unit:
         del msg.history[:-HISTORY_LIMIT]
         if state in REPORTED_STATES and not msg.local:
             self._report(msg, state, reason)
-        if state in (OutState.SENT, OutState.FAILED):
-            self._count_finished(state)
         if state is OutState.FAILED:
             failures = [f for f in self._get("last_failures", []) if f["id"] != msg.id]
             failures.append({"id": msg.id, "to": msg.to, "reason": reason,
@@ -340,27 +337,11 @@ class Unit:
             self._set("last_failures", failures[-FAILURES_KEPT:])
         self.touch(msg)
 
-    def _count_finished(self, state: OutState) -> None:
-        """Keep the time of the last SENT and FAILED counts by the hour (24 kept), for the
-        health report: finished messages leave for the archive, too costly to count."""
-        if state is OutState.SENT:
-            self._set("last_sent", to_iso(self.now))
-            return
-        hour = self.now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H")
-        counts = dict(self._get("failed_hours", {}))
-        counts[hour] = counts.get(hour, 0) + 1
-        self._set("failed_hours", dict(sorted(counts.items())[-FAILED_HOURS:]))
-
     @property
     def last_sent(self) -> datetime | None:
-        """When a message last became SENT (owner: transitions)."""
+        """When a message last became SENT (owner: transitions, beside the count)."""
         return from_iso(self._get("last_sent"))
 
-    def failed_last_day(self) -> int:
-        """Messages that became FAILED in this hour and the 23 before."""
-        since = (self.now.astimezone(timezone.utc) - timedelta(hours=FAILED_HOURS - 1)
-                 ).strftime("%Y-%m-%dT%H")
-        return sum(n for hour, n in self._get("failed_hours", {}).items() if hour >= since)
 
     # the event log ------------------------------------------------------------------
     def note(self, level: int, fmt: str, *args: Any) -> None:

@@ -171,7 +171,7 @@ def health(store: Store, now: datetime) -> QueueHealth:
             queued=len(queued),
             oldest_queued=min(unsent) if unsent else None,  # type: ignore[type-var]
             last_sent=u.last_sent,
-            failed_24h=u.failed_last_day(),
+            failed_24h=u.counters.last_hours(now).failed,
             phone_error=None if phone is None else phone.text,
             phone_health=u.phone_health,
         )
