@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from .config import SPECS, Paths, Settings, redact_ping_url, redact_setting, redact_url, scrub
+from .config import (
+    SPECS,
+    Paths,
+    Settings,
+    redact_ping_url,
+    redact_setting,
+    redact_url,
+    scrub_secrets,
+    secrets_of,
+)
 from .errors import ExitCode, UserError
 from .models import printable
 
@@ -203,7 +212,7 @@ def status(paths: Paths, settings: Settings, store: Store, now: datetime,
         data["heartbeat"] = {"url": redact_ping_url(settings.ping_url),
                              "last": last_ping(paths.data_dir)}
     text = json.dumps(data, indent=2) if as_json else _status_text(data, now)
-    return Outcome(out=[scrub(text, settings.url)], code=code, data=data)
+    return Outcome(out=[scrub_secrets(text, secrets_of(settings))], code=code, data=data)
 
 
 def _status_text(d: dict[str, Any], now: datetime) -> str:

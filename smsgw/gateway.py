@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from . import alerts, retry, segment
-from .config import Settings, scrub
+from .config import Settings, scrub_secrets, secrets_of
 from .errors import PhoneError, StateError, WebappError
 from .health import AlertState, PhoneHealth
 from .models import (
@@ -371,7 +371,8 @@ class Gateway:
             low = alerts.battery_problem(health, now, alerts.BATTERY in state.active)
             if low:
                 problems[alerts.BATTERY] = low
-            problems = {k: scrub(v, self.settings.url) for k, v in problems.items()}
+            secrets = secrets_of(self.settings)
+            problems = {k: scrub_secrets(v, secrets) for k, v in problems.items()}
             return alerts.decide(
                 state, problems, now, after=timedelta(seconds=self.settings.alert_after),
                 every=timedelta(seconds=self.settings.alert_every))

@@ -177,7 +177,8 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
         messages = walk.do(next(steps))
         assert messages is not None
         assert re.search(rf"{msg_id}\s+to \+15550002222\s+SENT", messages.stdout)
-        assert re.search(r"from \+15550001111\s+FORWARDED\s+'hello'", messages.stdout)
+        # `smsgw messages` prints the text on its own line, after the times
+        assert re.search(r"from \+15550001111\s+FORWARDED\n.*\n\s+'hello'\n", messages.stdout)
         show = walk.do(next(steps))
         assert show is not None
         assert re.search(r"#1 .* inbox\s+from \+15550001111\s+'hello'", show.stdout)
