@@ -683,6 +683,9 @@ def run(paths: Paths, settings: Settings, store: Store, phone: Any, *, once: boo
     from .webapp import WebappClient
 
     assert settings.url is not None
+    from .config import record_folders
+
+    record_folders(paths)  # for the watchdog, boot and Tasker scripts (no SMSGW_HOME there)
     webapp = WebappClient(settings.url, connect_timeout=settings.connect_timeout,
                           read_timeout=settings.read_timeout, ca_bundle=settings.ca_bundle,
                           compress_requests=settings.compress_requests,
