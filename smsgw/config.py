@@ -473,7 +473,6 @@ def save_settings(paths: Paths, settings: Settings) -> None:
     """Save atomically, mode 0600 (the URL may hold a password)."""
     make_private_dir(paths.config_dir)
     atomic_write_text(paths.config_file, json.dumps(settings.to_dict(), indent=2) + "\n")
-    record_folders(paths)
 
 
 def validate_url(url: str) -> str:
