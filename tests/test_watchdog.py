@@ -1,9 +1,12 @@
 """The watchdog, `smsgw stop`, the shell Tasker hook and doctor's job check, as on a phone.
 
-The scripts in termux/ run under `sh` (dash when there is one) as Termux runs them: a
-scheduled job gets HOME, PREFIX and PATH=$PREFIX/bin, nothing of smsgw (so its data folder
-is ~/.local/share/smsgw). `smsgw` on that PATH is a one-line wrapper running this checkout;
-the fake termux-* executables come first; the webapp is the reference webapp on 127.0.0.1.
+The scripts in termux/ run as Termux runs them: a scheduled job executes the file itself
+(exec bit and shebang; termux-exec maps /data/data/com.termux/files/usr to $PREFIX), with
+HOME, PREFIX and PATH=$PREFIX/bin, nothing of smsgw (so its data folder is
+~/.local/share/smsgw unless smsgw recorded another), stdin a pipe left open, and the job
+ends when stdout and stderr reach EOF. $PREFIX/bin holds dash as `sh`, the tools the
+scripts use, and `smsgw`, a one-line wrapper running this checkout; the fake termux-*
+executables come first; the webapp is the reference webapp on 127.0.0.1.
 Daemons started by the watchdog are not our children: they are found through their pid file
 and stopped with SIGTERM at the end of each test.
 """
@@ -16,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +36,12 @@ from smsgw.testserver import ReferenceWebapp
 SH = shutil.which("dash") or "sh"  # Termux's sh is dash
 WATCHDOG = REPO / "termux" / "watchdog" / "smsgw-watchdog"
 HOOK = REPO / "termux" / "tasker" / "smsgw-sms-received"
+BOOT = REPO / "termux" / "boot" / "smsgw"
 JOB_ID = 7674
+TERMUX_SH = "#!/data/data/com.termux/files/usr/bin/sh\n"
+# What Termux's $PREFIX/bin offers the scripts (coreutils, grep, sed, ...).
+TOOLS = ("sed", "tr", "grep", "date", "wc", "mv", "mkdir", "touch", "dd", "sleep", "tail",
+         "cat", "nohup", "rm", "dirname")
 
 
 class Phone:
@@ -46,6 +55,11 @@ class Phone:
         self.prefix = tmp / "usr"
         self.bin = self.prefix / "bin"
         self.bin.mkdir(parents=True)
+        os.symlink(shutil.which(SH) or "/bin/sh", self.bin / "sh")
+        for tool in TOOLS:
+            found = shutil.which(tool)
+            assert found, tool
+            os.symlink(found, self.bin / tool)
         self.write_exe(self.bin / "smsgw",
                        f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" '
                        f'-c "from smsgw.cli import main; main()" "$@"\n')
@@ -54,7 +68,7 @@ class Phone:
         env = {k: v for k, v in clean_environ().items() if k not in ("HOME", "PATH")}
         # What Termux gives a job (TermuxShellEnvironment): HOME, PREFIX, PATH=$PREFIX/bin.
         self.env = {**env, "HOME": str(self.home), "PREFIX": str(self.prefix),
-                    "PATH": f"{fake.bin_dir}:{self.bin}:/usr/bin:/bin",
+                    "PATH": f"{fake.bin_dir}:{self.bin}",
                     "FAKE_TERMUX_DIR": str(fake.dir), "NO_PROXY": "127.0.0.1,localhost",
                     "PYTHONUNBUFFERED": "1"}
 
@@ -74,11 +88,44 @@ class Phone:
     def smsgw(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run(self.bin / "smsgw", *args)
 
-    def watchdog(self) -> subprocess.CompletedProcess[str]:
+    def install(self, script: Path, where: Path) -> Path:
+        """`script` put at `where` as install.sh does; its Termux shebang mapped to this
+        PREFIX as termux-exec maps it when the file is executed."""
+        text = script.read_text(encoding="utf-8")
+        assert text.startswith(TERMUX_SH) and os.access(script, os.X_OK), script
+        return self.write_exe(where, f"#!{self.bin}/sh\n" + text[len(TERMUX_SH):])
+
+    def job(self, script: Path, env: dict[str, str] | None = None,
+            ) -> tuple[int, str, str]:
+        """Execute `script` as Termux runs a job: the file itself, stdin a pipe kept open
+        while it runs; it is done when stdout and stderr reach EOF (a child left holding
+        them would keep the job running: a hang, caught by the timeout)."""
+        proc = subprocess.Popen([str(script)], env={**self.env, **(env or {})}, cwd=self.home,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+        read: dict[str, bytes] = {}
+        readers = [threading.Thread(target=lambda n=n, f=f: read.__setitem__(n, f.read()),
+                                    daemon=True)
+                   for n, f in (("out", proc.stdout), ("err", proc.stderr))]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join(TIMEOUT)
+        hung = any(t.is_alive() for t in readers)
+        if hung:
+            proc.kill()
+        code = proc.wait(timeout=TIMEOUT)
+        proc.stdin.close()
+        assert not hung, f"{script}: its stdout/stderr never reached EOF (a child holds them)"
+        return code, read["out"].decode(), read["err"].decode()
+
+    def watchdog(self) -> tuple[int, str, str]:
         """One run of the job, as termux-job-scheduler's service runs it."""
-        proc = self.run(SH, WATCHDOG)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc
+        script = self.install(WATCHDOG, self.home / ".termux" / "watchdog" / "smsgw-watchdog")
+        done = self.job(script)
+        assert done[0] == 0, done
+        return done
 
     def running(self) -> int | None:
         """The pid of the daemon holding the lock, or None."""
@@ -284,15 +331,35 @@ def test_watchdog_starts_runit_when_runsv_died(phone: Phone) -> None:
     starter = phone.prefix / "etc" / "profile.d" / "start-services.sh"
     starter.parent.mkdir(parents=True)
     starter.write_text(f': > "{started}"\n', encoding="utf-8")
-    (service / "supervise" / "stat").write_text("down\n")  # the user's `sv down`, last seen
+    # runsv's last record after the user's `sv down`: stat `down`, want 'd' (byte 17 of
+    # supervise/status: 12 bytes of time, 4 of pid, paused, want, term, state).
+    (service / "supervise" / "stat").write_text("down\n")
+    (service / "supervise" / "status").write_bytes(bytes(16) + b"\0d\0\0")
     phone.watchdog()
     assert not started.exists() and phone.log() == ""
 
     (service / "supervise" / "stat").write_text("run\n")  # Termux was killed while running
+    (service / "supervise" / "status").write_bytes(bytes(16) + b"\0u\0\1")
     phone.watchdog()
     assert started.exists()
     assert "runit was not running" in phone.log()
     assert phone.running() is None  # runit starts smsgw, not the watchdog
+
+
+def test_watchdog_starts_runit_when_runsv_died_in_a_restart_gap(phone: Phone) -> None:
+    # runsv writes `down` to supervise/stat whenever smsgw is down, also between smsgw's
+    # exit and its restart; runsv killed then leaves that `down` with the wish still 'u'.
+    service = fake_sv(phone, f"warning: {phone.prefix}/var/service/smsgw: unable to open "
+                             "supervise/ok: file does not exist")
+    started = phone.home / "services-started"
+    starter = phone.prefix / "etc" / "profile.d" / "start-services.sh"
+    starter.parent.mkdir(parents=True)
+    starter.write_text(f': > "{started}"\n', encoding="utf-8")
+    (service / "supervise" / "stat").write_text("down\n")
+    (service / "supervise" / "status").write_bytes(bytes(16) + b"\0u\0\0")
+    phone.watchdog()
+    assert started.exists(), phone.log()
+    assert "runit was not running" in phone.log()
 
 
 # the shell Tasker hook ---------------------------------------------------------------------
