@@ -5,7 +5,7 @@
 # Termux:Boot script, the runit service (disabled until `sv-enable smsgw`), the
 # Termux:Tasker hook and the watchdog (a termux-job-scheduler job, id 7674). Running it
 # again changes nothing; files you edited are kept (the new version is put beside them as
-# *.new).
+# *.new), but the watchdog job is scheduled again (the same job, replaced).
 #
 # Environment:
 #   SMSGW_SOURCE  what pip installs (default: the project's published archive)
@@ -86,17 +86,22 @@ On a computer, try it with: pip install '$SMSGW_SOURCE' && smsgw demo
         : >"$service/down"  # disabled until the user runs sv-enable smsgw
     fi
 
-    # 4. The watchdog: a persisted job every 15 minutes (Android's shortest period) that
-    # starts smsgw if it died. A fixed job id: scheduling it again replaces it, never adds.
+    # 4. The watchdog: a persisted job about every 15 to 30 minutes (900000 ms is Android's
+    # shortest period; the flex window may add as much again) that starts smsgw if it died.
+    # Scheduled on every run: a listed job is no proof that it runs (a job made by an older
+    # Termux:API names a service class that no longer exists), and a fixed job id replaces
+    # it, never adds one. Constraints given explicitly: left out, Termux:API waits for a low
+    # battery to pass and for validated internet (--network any still needs a network that
+    # reaches the internet; `--network none` makes Termux:API unable to list its jobs).
     watchdog="$HOME/.termux/watchdog/smsgw-watchdog"
-    job="termux-job-scheduler --job-id 7674 --script $watchdog --period-ms 900000 --persisted true"
-    # termux-api commands wait for ever without the Termux:API app: a timeout.
-    if timeout 30 termux-job-scheduler --pending </dev/null 2>/dev/null \
-            | grep -q "^Pending Job 7674: $watchdog "; then
-        :
-    elif timeout 30 termux-job-scheduler --job-id 7674 --script "$watchdog" \
-            --period-ms 900000 --persisted true </dev/null 2>&1 | grep -q "^Pending Job 7674:"; then
-        say "registered the watchdog (termux-job-scheduler job 7674, every 15 minutes)"
+    job="termux-job-scheduler --job-id 7674 --script $watchdog --period-ms 900000 --persisted true --battery-not-low false --network any"
+    # termux-api commands wait for ever without the Termux:API app: a timeout. Termux:API
+    # 0.51 and older print `Scheduling Job ...` (tab-separated) and not always the rest.
+    if timeout 30 termux-job-scheduler --job-id 7674 --script "$watchdog" --period-ms 900000 \
+            --persisted true --battery-not-low false --network any </dev/null 2>&1 \
+            | grep -q -e "^Pending Job 7674:" -e "^Scheduling Job 7674: .* - response 1"; then
+        say "registered the watchdog (termux-job-scheduler job 7674, about every 15 to 30 minutes)"
+        say "  exempt Termux:API (and Termux) from battery optimisation, or Android may run it hours late"
     else
         say "could not register the watchdog (is the Termux:API app installed?); later, run:"
         say "  $job"
@@ -107,7 +112,8 @@ On a computer, try it with: pip install '$SMSGW_SOURCE' && smsgw demo
 
 smsgw is installed. Next steps:
   1. Install the Termux:API and Termux:Boot apps from F-Droid (same source as Termux),
-     and open Termux:Boot once so it may run at boot.
+     and open Termux:Boot once so it may run at boot. In Android's settings, exempt
+     Termux and Termux:API from battery optimisation (or the watchdog job may run late).
   2. smsgw doctor                         # checks permissions, apps, boot script
   3. smsgw config --url 'https://user:pass@example.org/smsgateway/'
   4. pkg install termux-services          # if not yet installed; restart Termux after

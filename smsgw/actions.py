@@ -102,6 +102,9 @@ def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
         _handshake(new)
         result.out.append(f"✓ {redact_url(new.url)} answers as a medic-gateway webapp")
     changed = bool(changes)
+    from .config import record_folders
+
+    record_folders(paths)  # for the watchdog, boot and Tasker scripts (no SMSGW_HOME there)
     if changed:
         save_settings(paths, new)
         result.out.append(f"saved to {paths.config_file}")
@@ -211,7 +214,16 @@ def status(paths: Paths, settings: Settings, store: Store, now: datetime,
 
         data["heartbeat"] = {"url": redact_ping_url(settings.ping_url),
                              "last": last_ping(paths.data_dir)}
+    import time
+
+    from .watchdog import stale
+
+    watchdog = stale(paths.data_dir, time.time())  # two stat() calls at most
+    if watchdog:
+        data["watchdog"] = {"warning": watchdog}
     text = json.dumps(data, indent=2) if as_json else _status_text(data, now)
+    if watchdog and not as_json:
+        text += f"\nwarning:       {watchdog}"
     return Outcome(out=[scrub_secrets(text, secrets_of(settings))], code=code, data=data)
 
 
@@ -636,6 +648,9 @@ def run(paths: Paths, settings: Settings, store: Store, phone: Any, *, once: boo
     from .webapp import WebappClient
 
     assert settings.url is not None
+    from .config import record_folders
+
+    record_folders(paths)  # for the watchdog, boot and Tasker scripts (no SMSGW_HOME there)
     webapp = WebappClient(settings.url, connect_timeout=settings.connect_timeout,
                           read_timeout=settings.read_timeout, ca_bundle=settings.ca_bundle,
                           compress_requests=settings.compress_requests,

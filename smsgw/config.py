@@ -947,3 +947,37 @@ def parse_since(text: str, now: datetime, option: str) -> datetime:
                         "(use e.g. 2h, 30m, 1h30m, 7d, 2026-12-07 or 2026-12-07T09:00, "
                         "in UTC)") from None
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+FOLDERS_FILE = ".smsgw-folders"  # in HOME: where the Termux scripts find smsgw's folders
+
+
+def folders_file() -> Path:
+    """The fixed file naming smsgw's folders for scripts run without the user's shell
+    variables (a scheduled job, Termux:Tasker, Termux:Boot get HOME, not SMSGW_HOME)."""
+    return Path(os.environ.get("HOME") or str(Path.home())) / FOLDERS_FILE
+
+
+def folders_text(paths: Paths) -> str | None:
+    """What folders_file() holds for `paths`: the variables that give smsgw these folders
+    (VAR=value lines, which the scripts export), or None for the default folders."""
+    home = Path(os.environ.get("HOME") or str(Path.home()))
+    if paths == Paths(config_dir=home / ".config" / APP_NAME,
+                      data_dir=home / ".local" / "share" / APP_NAME):
+        return None
+    if paths.config_dir == paths.data_dir:
+        return f"SMSGW_HOME={paths.data_dir}\n"
+    return f"XDG_DATA_HOME={paths.data_dir.parent}\nXDG_CONFIG_HOME={paths.config_dir.parent}\n"
+
+
+def record_folders(paths: Paths) -> None:
+    """Name `paths` in folders_file() when they are not the default ones (remove it when
+    they are), so the watchdog, boot and Tasker scripts use the same folders."""
+    file = folders_file()
+    text = folders_text(paths)
+    with contextlib.suppress(OSError):  # best effort: `smsgw doctor` says when it is wrong
+        if text is None:
+            with contextlib.suppress(FileNotFoundError):
+                file.unlink()
+        elif not file.exists() or file.read_text(encoding="utf-8") != text:
+            atomic_write_text(file, text)

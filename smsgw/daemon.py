@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 MAX_BACKOFF = 600  # seconds between polls after repeated webapp errors
 CONFIRM_RECHECK = 15  # seconds between checks while sends await the phone's record
 MAX_IMMEDIATE = 20  # back-to-back cycles while work remains, before pausing for the interval
+# A wake-up (Tasker's "Received Text") may come before the SMS app has written the message:
+# one more cycle this many seconds after the woken one.
+WAKE_FOLLOW_UP = 5
 
 
 class AlreadyRunning(UserError):
@@ -211,6 +214,7 @@ class Daemon:
         self._pipe: tuple[int, int] | None = None
         self._failures = 0
         self._immediate = 0
+        self._follow_up = False  # the next cycle was woken: cycle again WAKE_FOLLOW_UP later
         self.last_report: CycleReport | None = None
         self.heartbeat: Callable[[CycleReport | None], None] | None = None  # after each cycle
 
@@ -303,6 +307,7 @@ class Daemon:
                 if self._woken and self._stop_signal is None:
                     self._woken = False
                     logger.info("woken for an immediate cycle")
+                    self._follow_up = True
                     self._plan(0)
             if self._stop_signal is not None:
                 logger.info("signal %s: stopping after the current cycle",
@@ -343,6 +348,9 @@ class Daemon:
         # The interval runs from the start of a cycle, so an SMS waits at most one interval
         # (plus the cycle that picks it up), however long the phone took to answer.
         delay = self._next_delay(report)
+        if self._follow_up:
+            self._follow_up = False
+            delay = min(delay, WAKE_FOLLOW_UP)
         if delay > 0:
             # Start a little early so the work of the next cycle (an inbox call, a POST)
             # also fits within the interval.

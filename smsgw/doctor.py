@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,10 @@ ANDROID_DEFAULT_LIMIT = 30  # SMS parts per 60 s (SmsUsageMonitor)
 ANDROID_DEFAULT_INTERVAL_MS = 60_000
 WATCHDOG_JOB_ID = 7674  # install.sh registers the watchdog under this id (never two jobs)
 WATCHDOG_PERIOD_MS = 900_000  # Android's shortest period for a periodic job
+# `Pending Job ID: PATH` then four spaces (Termux:API 0.52+) or a tab (0.51 and older).
+JOB_LINE = re.compile(r"^Pending Job (\d+): (.*?)(?:    |\t)(.*)$")
+EXEMPT = ("exempt Termux and Termux:API from battery optimisation (Android settings → Apps → "
+          "Termux:API → Battery: unrestricted)")
 NO_COMMANDS = "skipped: needs the termux-api commands (missing, see above)"
 
 
@@ -46,8 +52,11 @@ def watchdog_script() -> Path:
 
 def watchdog_command() -> str:
     """The command that registers the watchdog job (what install.sh runs)."""
+    # Termux:API's defaults would wait for a battery that is not low and for validated
+    # internet; `--network none` would make it unable to list its jobs (Android 9+).
     return (f"termux-job-scheduler --job-id {WATCHDOG_JOB_ID} --script {watchdog_script()} "
-            f"--period-ms {WATCHDOG_PERIOD_MS} --persisted true")
+            f"--period-ms {WATCHDOG_PERIOD_MS} --persisted true --battery-not-low false "
+            "--network any")
 
 
 def check_commands() -> Check:
@@ -100,6 +109,31 @@ def check_service() -> Check:
     return Check("runit service", True, f"{service} enabled")
 
 
+def check_folders() -> Check:
+    """The scripts (watchdog, boot, Tasker) get no shell variables: the folders set with
+    SMSGW_HOME or XDG_* must be recorded for them."""
+    from .config import default_paths, folders_file, folders_text
+
+    name = "folders for the scripts"
+    named = [v for v in ("SMSGW_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME") if os.environ.get(v)]
+    if not named:
+        return Check(name, True, "the default folders (no SMSGW_HOME or XDG_* set)")
+    paths = default_paths()
+    want = folders_text(paths)
+    file = folders_file()
+    try:
+        have: str | None = file.read_text(encoding="utf-8")
+    except OSError:
+        have = None
+    if want is not None and have != want:
+        return Check(name, False, f"{', '.join(named)} set here, but {file} does not name "
+                     f"{paths.data_dir}: the watchdog, boot and Tasker scripts (which do not "
+                     "get your shell's variables) would look in the default folders",
+                     "run `smsgw config` once in this shell (it records the folders there)")
+    return Check(name, True, f"{paths.data_dir} ({', '.join(named)}), recorded for the scripts"
+                 if want is not None else f"{paths.data_dir}")
+
+
 def check_wake_lock(timeout: float) -> Check:
     problem = termux.wake_lock(timeout)
     if problem:
@@ -121,25 +155,40 @@ def check_watchdog(timeout: float) -> Check:
                      f"open the Termux:API app once, then: {watchdog_command()}")
     if not out.strip():
         # JobSchedulerAPI cannot print a job without a network constraint on Android 9+
-        # (getRequiredNetwork() is null): the whole list is lost.
+        # (getRequiredNetwork() is null): the whole list is lost, and --cancel of such a job
+        # crashes the same way before cancelling. Scheduling an id replaces its job.
         return Check(name, False, "termux-job-scheduler --pending printed nothing (a job "
                      "scheduled with `--network none` stops Termux:API from listing jobs)",
-                     "find it and cancel it with termux-job-scheduler --cancel --job-id ID, "
-                     f"then: {watchdog_command()}")
-    prefix = f"Pending Job {WATCHDOG_JOB_ID}: "
-    line = next((x for x in out.splitlines() if x.startswith(prefix)), None)
-    if line is None:
+                     "schedule that job id again with `--network any` (termux-job-scheduler "
+                     "--job-id ID --script ITS_SCRIPT --network any), then cancel it: "
+                     "termux-job-scheduler --cancel --job-id ID; if you do not know the id, "
+                     "force-stop Termux:API or clear its data (Android settings → Apps → "
+                     "Termux:API; this drops all its jobs), then: "
+                     f"{watchdog_command()}")
+    jobs = {int(m[1]): (m[2], m[3]) for m in map(JOB_LINE.match, out.splitlines()) if m}
+    if WATCHDOG_JOB_ID not in jobs:
         return Check(name, False, f"job {WATCHDOG_JOB_ID} is not registered: nothing "
                      "restarts smsgw if it dies", watchdog_command())
-    path, _, constraints = line[len(prefix):].partition("    ")
+    path, constraints = jobs[WATCHDOG_JOB_ID]
     wrong = [what for what, ok in (
         (f"runs {path}, not {script}", path == str(script)),
         ("is not periodic", "(periodic: " in constraints),
-        ("does not survive a reboot", "(persisted)" in constraints)) if not ok]
+        ("does not survive a reboot", "(persisted)" in constraints),
+        ("waits while the battery is low (battery not low)",
+         "(battery not low)" not in constraints)) if not ok]
     if wrong:
         return Check(name, False, f"job {WATCHDOG_JOB_ID} {', '.join(wrong)}",
                      watchdog_command())
-    return Check(name, True, f"job {WATCHDOG_JOB_ID} runs {script} every 15 min, persisted")
+    from .config import default_paths
+    from .watchdog import stale
+
+    problem = stale(default_paths().data_dir, time.time())
+    if problem:
+        return Check(name, False, f"job {WATCHDOG_JOB_ID} is registered but {problem}",
+                     f"{EXEMPT}; then: {watchdog_command()}")
+    return Check(name, True, f"job {WATCHDOG_JOB_ID} runs {script} about every 15 to 30 min "
+                 "(when the phone has a network that reaches the internet), persisted; "
+                 f"{EXEMPT} or Android may run it hours late")
 
 
 def check_webapp(settings: Settings, timeout: float) -> Check:
@@ -188,7 +237,14 @@ def run_checks(settings: Settings, timeout: float,
     else:
         results += [skipped(n, NO_COMMANDS) for n in ("Termux:API app", "SMS permission",
                                                        "wake lock")]
-    results += [check_boot(), check_service(), check_webapp(settings, timeout)]
+    results += [check_boot(), check_service()]
+    # Only where it matters: SMSGW_HOME or XDG_* set, and a script that needs them installed.
+    home = Path(os.environ.get("HOME", str(Path.home())))
+    if any(os.environ.get(v) for v in ("SMSGW_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")) \
+            and any(p.exists() for p in (boot_script(), watchdog_script(),
+                                         home / ".termux" / "tasker" / "smsgw-sms-received")):
+        results.append(check_folders())
+    results.append(check_webapp(settings, timeout))
     results.append(check_rate_limit(settings, timeout) if phone
                    else skipped("sending limit", NO_COMMANDS))
     results.append(check_watchdog(timeout) if phone else skipped("watchdog job", NO_COMMANDS))

@@ -104,3 +104,20 @@ def test_a_job_without_network_breaks_the_listing(fake_termux: FakeTermux,
     fake_termux.set_mode(android_sdk=27)  # before Android 9: no network in the line
     assert jobs_cmd(fake_termux, "--pending").stdout.splitlines()[1] == \
         f"Pending Job 2: {script}    (battery not low)"
+
+
+def test_an_app_before_0_52_answers_as_it_did(fake_termux: FakeTermux, script: Path) -> None:
+    # Termux:API 0.51 and older: a tab after the path, `No pending jobs`, and only the first
+    # of the two answers to scheduling reaches the command.
+    fake_termux.set_mode(app_version="0.51")
+    assert jobs_cmd(fake_termux, "--pending").stdout == "No pending jobs\n"
+    done = jobs_cmd(fake_termux, "--job-id", "7", "--script", str(script), "--period-ms",
+                    "900000", "--persisted", "true")
+    assert done.returncode == 0
+    [line] = done.stdout.splitlines()
+    assert line.startswith(f"Scheduling Job 7: {script}\t(periodic: 900000ms) (persisted) ")
+    assert line.endswith(" - response 1")
+    [pending] = jobs_cmd(fake_termux, "-p").stdout.splitlines()
+    assert pending.startswith(f"Pending Job 7: {script}\t(periodic: 900000ms)")
+    fake_termux.set_mode(app_version="0.52")
+    assert jobs_cmd(fake_termux, "-p").stdout.startswith(f"Pending Job 7: {script}    ")

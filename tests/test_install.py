@@ -186,6 +186,8 @@ def reinstalled(installed: Installed) -> Reinstalled:
     fake.path("prefix/var/service/smsgw/down").unlink()
     before = fake.state()
     fake.phone.reset_calls()
+    # An older Termux:API app (0.51): it answers scheduling with a `Scheduling Job` line only.
+    fake.phone.set_mode(app_version="0.51")
     second = fake.install("sh", piped=True)
     return Reinstalled(before, second, fake.state(), fake.pkg_calls(), fake.phone.jobs(),
                        [c["argv"] for c in fake.phone.calls("termux-job-scheduler")])
@@ -263,7 +265,12 @@ def test_first_install_registers_the_watchdog_job(installed: Installed) -> None:
     job = jobs[7674]
     assert job["script"] == str(watchdog)
     assert job["period_ms"] == 900_000 and job["persisted"] is True
+    # Not Termux:API's defaults (battery not low, validated internet): the watchdog must
+    # also run on a low battery.
+    assert job["battery_not_low"] is False and job["network"] == "ANY"
     assert "registered the watchdog (termux-job-scheduler job 7674" in installed.first.stdout
+    assert "about every 15 to 30 minutes" in installed.first.stdout
+    assert "battery optimisation" in installed.first.stdout
 
 
 # running it again --------------------------------------------------------------------------
@@ -290,8 +297,16 @@ def test_second_run_changes_nothing_but_keeps_the_edited_files(
 def test_second_run_keeps_one_watchdog_job(installed: Installed,
                                           reinstalled: Reinstalled) -> None:
     assert reinstalled.jobs == installed.first_jobs  # the same one job, not a second
-    assert reinstalled.job_calls == [["--pending"]]  # it saw the job; scheduled nothing
-    assert "watchdog" not in reinstalled.second.stdout
+    # Scheduled again on every run (a listed job may never run, e.g. one made by an older
+    # Termux:API): the same id replaces it. This was `[["--pending"]]` (listed, kept)
+    # before reality.md item 4.
+    assert reinstalled.job_calls == [[
+        "--job-id", "7674", "--script",
+        str(installed.fake.path("home/.termux/watchdog/smsgw-watchdog")), "--period-ms",
+        "900000", "--persisted", "true", "--battery-not-low", "false", "--network", "any"]]
+    # The app (0.51 here) printed only `Scheduling Job 7674: ...<TAB>... - response 1`.
+    assert "registered the watchdog" in reinstalled.second.stdout
+    assert "could not register" not in reinstalled.second.stdout
 
 
 def test_second_run_does_not_call_pkg_again(installed: Installed,

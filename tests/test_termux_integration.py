@@ -363,7 +363,8 @@ def test_doctor_all_good_when_boot_script_and_webapp_are_set(
     watchdog = write_exe(smsgw.user_home / ".termux" / "watchdog" / "smsgw-watchdog",
                          "#!/bin/sh\n")
     subprocess.run(["termux-job-scheduler", "--job-id", "7674", "--script", str(watchdog),
-                    "--period-ms", "900000", "--persisted", "true"], env=smsgw.env,
+                    "--period-ms", "900000", "--persisted", "true", "--battery-not-low",
+                    "false"], env=smsgw.env,
                    check=True, capture_output=True, timeout=TIMEOUT)
     proc, checks = run_doctor(smsgw)
     assert all(ok for ok, _ in checks.values()), proc.stdout

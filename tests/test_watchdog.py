@@ -1,9 +1,12 @@
 """The watchdog, `smsgw stop`, the shell Tasker hook and doctor's job check, as on a phone.
 
-The scripts in termux/ run under `sh` (dash when there is one) as Termux runs them: a
-scheduled job gets HOME, PREFIX and PATH=$PREFIX/bin, nothing of smsgw (so its data folder
-is ~/.local/share/smsgw). `smsgw` on that PATH is a one-line wrapper running this checkout;
-the fake termux-* executables come first; the webapp is the reference webapp on 127.0.0.1.
+The scripts in termux/ run as Termux runs them: a scheduled job executes the file itself
+(exec bit and shebang; termux-exec maps /data/data/com.termux/files/usr to $PREFIX), with
+HOME, PREFIX and PATH=$PREFIX/bin, nothing of smsgw (so its data folder is
+~/.local/share/smsgw unless smsgw recorded another), stdin a pipe left open, and the job
+ends when stdout and stderr reach EOF. $PREFIX/bin holds dash as `sh`, the tools the
+scripts use, and `smsgw`, a one-line wrapper running this checkout; the fake termux-*
+executables come first; the webapp is the reference webapp on 127.0.0.1.
 Daemons started by the watchdog are not our children: they are found through their pid file
 and stopped with SIGTERM at the end of each test.
 """
@@ -16,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +36,12 @@ from smsgw.testserver import ReferenceWebapp
 SH = shutil.which("dash") or "sh"  # Termux's sh is dash
 WATCHDOG = REPO / "termux" / "watchdog" / "smsgw-watchdog"
 HOOK = REPO / "termux" / "tasker" / "smsgw-sms-received"
+BOOT = REPO / "termux" / "boot" / "smsgw"
 JOB_ID = 7674
+TERMUX_SH = "#!/data/data/com.termux/files/usr/bin/sh\n"
+# What Termux's $PREFIX/bin offers the scripts (coreutils, grep, sed, ...).
+TOOLS = ("sed", "tr", "grep", "date", "wc", "mv", "mkdir", "touch", "dd", "sleep", "tail",
+         "cat", "nohup", "rm", "dirname")
 
 
 class Phone:
@@ -46,6 +55,11 @@ class Phone:
         self.prefix = tmp / "usr"
         self.bin = self.prefix / "bin"
         self.bin.mkdir(parents=True)
+        os.symlink(shutil.which(SH) or "/bin/sh", self.bin / "sh")
+        for tool in TOOLS:
+            found = shutil.which(tool)
+            assert found, tool
+            os.symlink(found, self.bin / tool)
         self.write_exe(self.bin / "smsgw",
                        f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" '
                        f'-c "from smsgw.cli import main; main()" "$@"\n')
@@ -54,7 +68,7 @@ class Phone:
         env = {k: v for k, v in clean_environ().items() if k not in ("HOME", "PATH")}
         # What Termux gives a job (TermuxShellEnvironment): HOME, PREFIX, PATH=$PREFIX/bin.
         self.env = {**env, "HOME": str(self.home), "PREFIX": str(self.prefix),
-                    "PATH": f"{fake.bin_dir}:{self.bin}:/usr/bin:/bin",
+                    "PATH": f"{fake.bin_dir}:{self.bin}",
                     "FAKE_TERMUX_DIR": str(fake.dir), "NO_PROXY": "127.0.0.1,localhost",
                     "PYTHONUNBUFFERED": "1"}
 
@@ -74,11 +88,44 @@ class Phone:
     def smsgw(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run(self.bin / "smsgw", *args)
 
-    def watchdog(self) -> subprocess.CompletedProcess[str]:
+    def install(self, script: Path, where: Path) -> Path:
+        """`script` put at `where` as install.sh does; its Termux shebang mapped to this
+        PREFIX as termux-exec maps it when the file is executed."""
+        text = script.read_text(encoding="utf-8")
+        assert text.startswith(TERMUX_SH) and os.access(script, os.X_OK), script
+        return self.write_exe(where, f"#!{self.bin}/sh\n" + text[len(TERMUX_SH):])
+
+    def job(self, script: Path, env: dict[str, str] | None = None,
+            ) -> tuple[int, str, str]:
+        """Execute `script` as Termux runs a job: the file itself, stdin a pipe kept open
+        while it runs; it is done when stdout and stderr reach EOF (a child left holding
+        them would keep the job running: a hang, caught by the timeout)."""
+        proc = subprocess.Popen([str(script)], env={**self.env, **(env or {})}, cwd=self.home,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+        read: dict[str, bytes] = {}
+        readers = [threading.Thread(target=lambda n=n, f=f: read.__setitem__(n, f.read()),
+                                    daemon=True)
+                   for n, f in (("out", proc.stdout), ("err", proc.stderr))]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join(TIMEOUT)
+        hung = any(t.is_alive() for t in readers)
+        if hung:
+            proc.kill()
+        code = proc.wait(timeout=TIMEOUT)
+        proc.stdin.close()
+        assert not hung, f"{script}: its stdout/stderr never reached EOF (a child holds them)"
+        return code, read["out"].decode(), read["err"].decode()
+
+    def watchdog(self) -> tuple[int, str, str]:
         """One run of the job, as termux-job-scheduler's service runs it."""
-        proc = self.run(SH, WATCHDOG)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc
+        script = self.install(WATCHDOG, self.home / ".termux" / "watchdog" / "smsgw-watchdog")
+        done = self.job(script)
+        assert done[0] == 0, done
+        return done
 
     def running(self) -> int | None:
         """The pid of the daemon holding the lock, or None."""
@@ -148,8 +195,12 @@ def test_scripts_parse_with_dash() -> None:
 
 def test_watchdog_brings_back_a_killed_daemon_in_one_run(phone: Phone) -> None:
     phone.watchdog()
+    # The job has ended (EOF, stdin closed) and the daemon it started keeps running.
     first = phone.wait_running()
     assert "smsgw was not running (no daemon.pid): started smsgw run" in phone.log()
+    assert f"started smsgw run (pid {first})" in phone.log()  # it checked that it came up
+    time.sleep(0.5)
+    assert alive(first) and phone.running() == first
 
     os.kill(first, signal.SIGKILL)  # no clean-up: daemon.pid stays, naming a dead pid
     wait_for(lambda: not alive(first), TIMEOUT, "the killed daemon gone")
@@ -286,15 +337,35 @@ def test_watchdog_starts_runit_when_runsv_died(phone: Phone) -> None:
     starter = phone.prefix / "etc" / "profile.d" / "start-services.sh"
     starter.parent.mkdir(parents=True)
     starter.write_text(f': > "{started}"\n', encoding="utf-8")
-    (service / "supervise" / "stat").write_text("down\n")  # the user's `sv down`, last seen
+    # runsv's last record after the user's `sv down`: stat `down`, want 'd' (byte 17 of
+    # supervise/status: 12 bytes of time, 4 of pid, paused, want, term, state).
+    (service / "supervise" / "stat").write_text("down\n")
+    (service / "supervise" / "status").write_bytes(bytes(16) + b"\0d\0\0")
     phone.watchdog()
     assert not started.exists() and phone.log() == ""
 
     (service / "supervise" / "stat").write_text("run\n")  # Termux was killed while running
+    (service / "supervise" / "status").write_bytes(bytes(16) + b"\0u\0\1")
     phone.watchdog()
     assert started.exists()
     assert "runit was not running" in phone.log()
     assert phone.running() is None  # runit starts smsgw, not the watchdog
+
+
+def test_watchdog_starts_runit_when_runsv_died_in_a_restart_gap(phone: Phone) -> None:
+    # runsv writes `down` to supervise/stat whenever smsgw is down, also between smsgw's
+    # exit and its restart; runsv killed then leaves that `down` with the wish still 'u'.
+    service = fake_sv(phone, f"warning: {phone.prefix}/var/service/smsgw: unable to open "
+                             "supervise/ok: file does not exist")
+    started = phone.home / "services-started"
+    starter = phone.prefix / "etc" / "profile.d" / "start-services.sh"
+    starter.parent.mkdir(parents=True)
+    starter.write_text(f': > "{started}"\n', encoding="utf-8")
+    (service / "supervise" / "stat").write_text("down\n")
+    (service / "supervise" / "status").write_bytes(bytes(16) + b"\0u\0\0")
+    phone.watchdog()
+    assert started.exists(), phone.log()
+    assert "runit was not running" in phone.log()
 
 
 # the shell Tasker hook ---------------------------------------------------------------------
@@ -408,3 +479,147 @@ def test_doctor_when_another_job_hides_the_list(phone: Phone) -> None:
     done, checks = doctor(phone)
     assert checks["watchdog job"].startswith("✗ ") and "printed nothing" in checks["watchdog job"]
     assert "termux-job-scheduler --cancel --job-id ID" in done.stdout
+    # Cancelling a `--network none` job crashes Termux:API the same way: the fix first
+    # schedules that id again with a network, and has a way out when the id is unknown.
+    assert "again with `--network any`" in done.stdout
+    assert "force-stop Termux:API or clear its data" in done.stdout
+
+
+def test_watchdog_says_when_smsgw_run_fails_to_start(phone: Phone) -> None:
+    real = (phone.bin / "smsgw").read_text()
+    phone.write_exe(phone.bin / "smsgw",
+                    "#!/bin/sh\necho 'smsgw: error: something is wrong here' >&2\nexit 1\n")
+    try:
+        phone.watchdog()
+    finally:
+        phone.write_exe(phone.bin / "smsgw", real)
+    log = phone.log()
+    assert "started smsgw run" not in log
+    assert "smsgw run failed to start" in log and "something is wrong here" in log
+
+
+def test_watchdog_touches_its_trace_and_status_warns_when_it_is_old(phone: Phone) -> None:
+    done = phone.smsgw("status")
+    assert "watchdog" not in done.stdout  # not installed: nothing to say
+    phone.watchdog()
+    phone.wait_running()
+    ran = phone.data / "watchdog.ran"
+    assert ran.exists()
+    assert phone.run("sh", "-c", doctor_watchdog_fix(phone)).returncode == 0  # registered
+    two_hours_ago = time.time() - 7200
+    os.utime(ran, (two_hours_ago, two_hours_ago))
+    done = phone.smsgw("status")
+    assert "warning:       the watchdog job last ran 2h00m ago" in done.stdout, done.stdout
+    assert "battery optimisation" in done.stdout
+    as_json = json.loads(phone.smsgw("status", "--json").stdout)
+    assert "last ran 2h00m ago" in as_json["watchdog"]["warning"]
+    _, checks = doctor(phone)
+    assert checks["watchdog job"].startswith("✗ ") and "last ran 2h" in checks["watchdog job"]
+    phone.watchdog()  # every run touches it, also with the daemon up
+    assert ran.stat().st_mtime > two_hours_ago + 3600
+    assert "watchdog" not in phone.smsgw("status").stdout
+
+
+def test_scripts_use_the_folder_smsgw_recorded(phone: Phone, tmp_path: Path) -> None:
+    # The user keeps smsgw in SMSGW_HOME (set in their shell); a job does not get it.
+    own = tmp_path / "my-smsgw"
+    webapp: ReferenceWebapp = phone.webapp  # type: ignore[attr-defined]
+    done = phone.run(phone.bin / "smsgw", "config", "--url", webapp.url, "--interval", "600",
+                     env={"SMSGW_HOME": str(own)})
+    assert done.returncode == 0, done.stderr
+    own_paths = Paths(config_dir=own, data_dir=own)
+    try:
+        phone.watchdog()
+        pid = wait_for(lambda: (daemon_running(own_paths) or {}).get("pid"), TIMEOUT,
+                       "the daemon in SMSGW_HOME")
+        assert phone.running() is None  # not one in the default folder
+        assert "started smsgw run" in (own / "watchdog.log").read_text()
+        wait_for(lambda: posts(webapp) >= 1, TIMEOUT, "the first cycle")
+        hook = phone.install(HOOK, phone.home / ".termux" / "tasker" / "smsgw-sms-received")
+        code, out, _ = phone.job(hook)
+        assert code == 0 and out.strip() == f"woke smsgw (pid {pid})"
+    finally:
+        info = daemon_running(own_paths)
+        if info:
+            os.kill(int(info["pid"]), signal.SIGTERM)
+            wait_for(lambda: daemon_running(own_paths) is None, TIMEOUT, "the daemon stopped")
+    # doctor, in the user's shell, sees the folders recorded; unrecorded, it says so.
+    env = {"SMSGW_HOME": str(own)}
+    done = phone.run(phone.bin / "smsgw", "doctor", "--timeout", "5", env=env)
+    assert f"✓ folders for the scripts: {own}" in done.stdout, done.stdout
+    (phone.home / ".smsgw-folders").unlink()
+    done = phone.run(phone.bin / "smsgw", "doctor", "--timeout", "5", env=env)
+    assert "✗ folders for the scripts: SMSGW_HOME set here" in done.stdout, done.stdout
+    assert "run `smsgw config` once" in done.stdout
+
+
+def test_boot_script_starts_smsgw_when_the_runit_service_is_disabled(phone: Phone) -> None:
+    # termux-services installed, smsgw's service as install.sh leaves it: disabled (`down`).
+    service = phone.prefix / "var" / "service" / "smsgw"
+    service.mkdir(parents=True)
+    (service / "down").touch()
+    started = phone.home / "services-started"
+    starter = phone.prefix / "etc" / "profile.d" / "start-services.sh"
+    starter.parent.mkdir(parents=True)
+    starter.write_text(f': > "{started}"\n', encoding="utf-8")
+    boot = phone.install(BOOT, phone.home / ".termux" / "boot" / "smsgw")
+    assert phone.job(boot)[0] == 0
+    pid = phone.wait_running()  # runsv would honour `down`: the script starts smsgw itself
+    assert not started.exists()
+    phone.stop_all()
+    wait_for(lambda: not alive(pid), TIMEOUT, "the daemon stopped")
+
+    (service / "down").unlink()  # sv-enable smsgw: runit starts it
+    assert phone.job(boot)[0] == 0
+    assert started.exists()
+    time.sleep(1)
+    assert phone.running() is None
+
+
+def test_a_second_cycle_follows_a_wake_up(phone: Phone) -> None:
+    # Tasker's "Received Text" can fire before the SMS app has written the message: the
+    # woken cycle misses it, the one a few seconds later forwards it.
+    phone.watchdog()
+    phone.wait_running()
+    webapp: ReferenceWebapp = phone.webapp  # type: ignore[attr-defined]
+    wait_for(lambda: posts(webapp) >= 1, TIMEOUT, "the first cycle")
+    hook = phone.install(HOOK, phone.home / ".termux" / "tasker" / "smsgw-sms-received")
+    before = posts(webapp)
+    assert phone.job(hook)[0] == 0
+    wait_for(lambda: posts(webapp) > before, TIMEOUT, "the woken cycle")
+    phone.fake.receive("+254700000003", "written after the event")
+    # The interval is 600 s: only the follow-up cycle forwards it this soon.
+    wait_for(lambda: "written after the event" in received(webapp), 30,
+             "the SMS at the webapp")
+
+
+def test_doctor_flags_a_watchdog_job_that_waits_for_a_good_battery(phone: Phone) -> None:
+    script = phone.install(WATCHDOG, phone.home / ".termux" / "watchdog" / "smsgw-watchdog")
+    done = phone.run("termux-job-scheduler", "--job-id", str(JOB_ID), "--script", str(script),
+                     "--period-ms", "900000", "--persisted", "true")  # Termux:API's defaults
+    assert done.returncode == 0, done.stderr
+    done, checks = doctor(phone)
+    assert checks["watchdog job"].startswith("✗ ") and "(battery not low)" in \
+        checks["watchdog job"], done.stdout
+    assert "--battery-not-low false --network any" in done.stdout
+
+
+def test_doctor_reads_the_jobs_of_an_older_termux_api(phone: Phone) -> None:
+    phone.fake.set_mode(app_version="0.51")  # a tab after the path, `No pending jobs`
+    script = phone.install(WATCHDOG, phone.home / ".termux" / "watchdog" / "smsgw-watchdog")
+    _, checks = doctor(phone)
+    assert "not registered" in checks["watchdog job"]
+    command = doctor_watchdog_fix(phone)
+    assert phone.run("sh", "-c", command).returncode == 0
+    assert list(phone.fake.jobs()) == [JOB_ID] and phone.fake.jobs()[JOB_ID]["script"] == \
+        str(script)
+    done, checks = doctor(phone)
+    assert checks["watchdog job"].startswith("✓ "), done.stdout
+    assert "about every 15 to 30 min" in checks["watchdog job"]
+
+
+def doctor_watchdog_fix(phone: Phone) -> str:
+    done, _ = doctor(phone)
+    fix = next(line for line in done.stdout.splitlines()
+               if line.strip().startswith("fix:") and "termux-job-scheduler" in line)
+    return fix.split("fix: ", 1)[1]

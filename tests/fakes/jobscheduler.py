@@ -145,8 +145,9 @@ class Jobs:
         os.replace(tmp, self.path)
 
 
-def describe(job_id: int, job: dict[str, Any], sdk: int) -> str:
-    """formatJobInfo: `Job ID: PATH    (periodic: Nms) (persisted) ...`."""
+def describe(job_id: int, job: dict[str, Any], sdk: int, old: bool = False) -> str:
+    """formatJobInfo: `Job ID: PATH    (periodic: Nms) (persisted) ...` (a tab after the
+    path before Termux:API 0.52: `old`)."""
     parts = []
     if job["period_ms"] > 0:
         parts.append(f"(periodic: {max(job['period_ms'], MIN_PERIOD_MS)}ms)")
@@ -172,21 +173,29 @@ def describe(job_id: int, job: dict[str, Any], sdk: int) -> str:
         transports = " Transports: CELLULAR" if network == "CELLULAR" else ""
         parts.append(f"(network: NetworkRequest [ NONE id=0, [{transports} Capabilities: "
                      f"INTERNET&NOT_RESTRICTED&TRUSTED&NOT_VPN{caps}] ])")
-    return f"Job {job_id}: {job['script']}    {' '.join(parts)}"
+    gap = "\t" if old else "    "
+    return f"Job {job_id}: {job['script']}{gap}{' '.join(parts)}"
 
 
 def app(p: Any, extras: dict[str, Any], modes: dict[str, Any]) -> None:
-    """JobSchedulerAPI.onReceive: pending, else cancel-all, else cancel, else schedule."""
+    """JobSchedulerAPI.onReceive: pending, else cancel-all, else cancel, else schedule.
+    Before app 0.52: a tab in a job's line, `No pending jobs` for an empty list, and of the
+    two answers to scheduling only the first reaches the command (the other becomes a
+    "Termux:API Error" notification)."""
+    from provider import versions
+
     sdk = int(modes.get("android_sdk", DEFAULT_SDK))
+    old = versions(modes)[1] < (0, 52)
     store = Jobs(p)
     out: list[str] = []
 
     def listing(jobs: dict[int, dict[str, Any]], label: str) -> None:
         if not jobs:
-            out.append("No jobs found")
+            out.append("No pending jobs" if old and label == "Pending" else "No jobs found")
             return
         # One message for all: a job that cannot be printed loses the whole answer.
-        out.append("\n".join(f"{label} {describe(i, j, sdk)}" for i, j in sorted(jobs.items())))
+        out.append("\n".join(f"{label} {describe(i, j, sdk, old)}"
+                             for i, j in sorted(jobs.items())))
 
     with p.locked():
         jobs = store.load()
@@ -203,18 +212,18 @@ def app(p: Any, extras: dict[str, Any], modes: dict[str, Any]) -> None:
                     out.append(f"No job {extras['job_id']} found")
                 else:
                     job_id = extras["job_id"]
-                    out.append(f"Cancelling {describe(job_id, jobs[job_id], sdk)}")
+                    out.append(f"Cancelling {describe(job_id, jobs[job_id], sdk, old)}")
                     del jobs[job_id]
                     store.save(jobs)
             else:
-                schedule(store, jobs, extras, sdk, out)
+                schedule(store, jobs, extras, sdk, out, old)
         except Unprintable:
             pass  # the answer is lost; what was done before the throw stays done
     sys.stdout.write("".join(line + "\n" for line in out))
 
 
 def schedule(store: Jobs, jobs: dict[int, dict[str, Any]], extras: dict[str, Any], sdk: int,
-             out: list[str]) -> None:
+             out: list[str], old: bool = False) -> None:
     """runScheduleJobAction: check the script, replace any job of the same id."""
     script = extras.get("script")
     if script is None:
@@ -243,8 +252,9 @@ def schedule(store: Jobs, jobs: dict[int, dict[str, Any]], extras: dict[str, Any
            "storage_not_low": extras.get("storage_not_low", False)}
     jobs[job_id] = job  # JobScheduler.schedule() replaces a job with the same id
     store.save(jobs)
-    out.append(f"Scheduling {describe(job_id, job, sdk)} - response {RESULT_SUCCESS}")
-    out.append(f"Pending {describe(job_id, job, sdk)}")
+    out.append(f"Scheduling {describe(job_id, job, sdk, old)} - response {RESULT_SUCCESS}")
+    if not old:
+        out.append(f"Pending {describe(job_id, job, sdk)}")
 
 
 def main(p: Any, call: Any, argv: list[str], modes: dict[str, Any]) -> int:
