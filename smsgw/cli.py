@@ -162,9 +162,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
       2  wrong usage (an unknown option, a missing argument)
       3  no daemon is running (status, hook)
       4  the last exchange with the webapp failed (status, run --once)
-      5  no such message id (retry)
-      6  the message is not in a state for this (retry: not FAILED)
-      7  a daemon is already running for this state folder (run)
+      5  no such message id, or an id prefix naming several (retry, cancel)
+      6  the message is not in a state for this (retry: not FAILED; cancel:
+         already handed to the phone or finished)
+      7  a daemon is already running for this state folder (run, restore)
     """
     ctx.obj = Ctx(debug)
 
