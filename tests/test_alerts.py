@@ -396,8 +396,10 @@ def test_termux_health_survives_a_permission_error(fake_termux: FakeTermux) -> N
     got = TermuxPhone().read_health()
     assert got.battery_percent == 85 and got.plugged == "PLUGGED_AC"
     assert got.sim_state is None and got.network_operator is None
+    # (reality2 finding 13: the text now also says the permission is not asked again)
     assert got.problem == ("termux-telephony-deviceinfo: Please grant the following permission "
-                           "to use this command: android.permission.READ_PHONE_STATE")
+                           "to use this command: android.permission.READ_PHONE_STATE (not asked "
+                           "again until smsgw restarts)")
     assert got.timed_out is False  # the phone answered: it refused
 
 
