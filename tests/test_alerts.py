@@ -731,3 +731,25 @@ def test_deviceinfo_is_not_asked_again_after_a_permission_refusal(
     assert len(fake_termux.provider.screens()) == 1
     assert TermuxPhone().read_health().problem == first.problem  # a restart asks again
     assert len(fake_termux.provider.screens()) == 2
+
+
+def test_the_daemon_opens_the_permission_screen_once(
+        smsgw: Smsgw, fake_termux: FakeTermux, make_webapp: Callable[..., ReferenceWebapp],
+        tmp_path: Path) -> None:
+    # Termux:API 0.50 sends without READ_PHONE_STATE; deviceinfo needs it, and each call
+    # opens the permission screen on the phone. The daemon reads it for the health sample
+    # and to diagnose failed sends: after the first refusal, never again.
+    from runner import wait_for
+
+    fake_termux.set_mode(app_version="0.50", permission_error="READ_PHONE_STATE", fail_next=2)
+    webapp = make_webapp()
+    for i in range(2):
+        webapp.queue("+254700000001", f"hello {i}")
+    assert smsgw("config", "--url", webapp.url).returncode == 0
+    with smsgw.daemon("--interval", "1", out=tmp_path / "daemon.out"):
+        wait_for(lambda: smsgw.log_file.read_text().count("failed (cause: ") == 2, 60,
+                 "both sends failed")
+    assert fake_termux.call_count("termux-telephony-deviceinfo") == 1
+    assert len(fake_termux.provider.screens()) == 1
+    _, data = smsgw.status_json()
+    assert "not asked again until smsgw restarts" in data["phone_health"]["problem"]
