@@ -52,7 +52,9 @@ MODES = {
     "script_version": "termux-api package (the scripts): 0.59 (default: bash, long options "
                       "only as --opt=value, argument errors exit 64) or 0.58 (dash getopts: "
                       "no long options, `illegal option --`, exit 1; no -t failed/queued, no -v)",
-    "app_version": "Termux:API app: 0.53 (default), 0.51 (selection, sort order, `address`), "
+    "app_version": "Termux:API app: 0.53 (default), 0.52 (termux-battery-status prints "
+                   "nulls and crashes without a current), 0.51 (selection, sort order, "
+                   "`address`; the battery temperature a locale string), "
                    "0.50 (`_id`, but selection ignored), 0.49 (no `_id`, `-t inbox` = all)",
     "old_version": "alias for the oldest pair: script_version=0.58 app_version=0.49 (an explicit "
                    "script_version/app_version wins)",
@@ -111,7 +113,7 @@ LOCALE_DIGITS = {"ascii": "0", "latn": "0", "arabic": "\u0660", "arab": "\u0660"
                  "deva": "\u0966", "bengali": "\u09e6", "beng": "\u09e6"}
 
 SCRIPT_VERSIONS = ("0.58", "0.59")
-APP_VERSIONS = ("0.49", "0.50", "0.51", "0.53")
+APP_VERSIONS = ("0.49", "0.50", "0.51", "0.52", "0.53")
 DEFAULT_SCRIPT, DEFAULT_APP = (0, 59), (0, 53)
 OLDEST_SCRIPT, OLDEST_APP = (0, 58), (0, 49)
 
