@@ -7,6 +7,7 @@ AlertState, the alert policy (alerts.py) and `smsgw status` read them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -14,10 +15,12 @@ from typing import Any
 
 from .models import from_iso, to_iso
 
-# termux-battery-status `plugged` values meaning "on a power source" start with PLUGGED_
-# (PLUGGED_AC, PLUGGED_USB, PLUGGED_WIRELESS, PLUGGED_DOCK, PLUGGED_<n>); on battery it is
-# UNPLUGGED (BatteryStatusAPI.java).
+# termux-battery-status `plugged` values meaning "on a power source": PLUGGED_AC,
+# PLUGGED_USB, PLUGGED_WIRELESS, PLUGGED_DOCK, or PLUGGED_<n> for another source (n > 0);
+# on battery it is UNPLUGGED (BatteryStatusAPI.java). Anything else is unknown: PLUGGED_-1
+# is what the app prints when Android gave it no battery broadcast.
 UNPLUGGED = "UNPLUGGED"
+_ON_POWER = re.compile(r"PLUGGED_(?:AC|USB|WIRELESS|DOCK|[1-9][0-9]{0,9})")
 _CHARGING_STATES = ("CHARGING", "FULL")
 
 
@@ -34,6 +37,8 @@ class PhoneHealth:
     `timed_out` is True when it is that the phone did not answer at all (a hang), not that
     it refused (a missing permission) or answered nonsense.
     `at` is when the gateway took the sample.
+    `sim_slot` is the SIM slot smsgw sends with when one is configured: the SIM and
+    network fields describe the phone's default SIM, which may be another one.
     """
 
     battery_percent: int | None = None
@@ -48,14 +53,23 @@ class PhoneHealth:
     problem: str | None = None
     at: datetime | None = None
     timed_out: bool = False
+    sim_slot: int | None = None
 
     @property
     def on_power(self) -> bool | None:
-        """Whether the phone is plugged in (or charging), None when unknown."""
-        if self.plugged is not None:
-            return self.plugged != UNPLUGGED
-        if self.battery_status is not None and self.battery_status != "UNKNOWN":
-            return self.battery_status in _CHARGING_STATES
+        """Whether the phone is plugged in (or charging), None when unknown.
+
+        An unknown `plugged` falls back on the status: CHARGING or FULL is on power,
+        DISCHARGING on battery; NOT_CHARGING tells nothing (a plugged-in phone at its
+        charge limit, or too hot, does not charge), nor does UNKNOWN."""
+        if self.plugged == UNPLUGGED:
+            return False
+        if self.plugged is not None and _ON_POWER.fullmatch(self.plugged):
+            return True
+        if self.battery_status in _CHARGING_STATES:
+            return True
+        if self.battery_status == "DISCHARGING":
+            return False
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,10 +97,14 @@ class PhoneHealth:
             parts.append(f"battery {pct} {self.plugged or ''}".rstrip()
                          + (f" ({', '.join(details)})" if details else ""))
         if self.sim_state is not None:
-            parts.append(f"SIM {self.sim_state}")
+            parts.append(f"SIM {self.sim_state}" + (
+                "" if self.sim_slot is None
+                else f" (the default SIM; smsgw sends with slot {self.sim_slot})"))
         if self.network_operator or self.network_type:
             name = self.network_operator or "no operator"
             parts.append(f"network {name} {self.network_type or ''}".rstrip())
+        elif self.sim_state is not None:
+            parts.append("no network operator")
         if self.problem:
             parts.append(f"not read: {self.problem}")
         return "; ".join(parts) or "nothing could be read"

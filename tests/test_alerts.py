@@ -396,8 +396,10 @@ def test_termux_health_survives_a_permission_error(fake_termux: FakeTermux) -> N
     got = TermuxPhone().read_health()
     assert got.battery_percent == 85 and got.plugged == "PLUGGED_AC"
     assert got.sim_state is None and got.network_operator is None
+    # (reality2 finding 13: the text now also says the permission is not asked again)
     assert got.problem == ("termux-telephony-deviceinfo: Please grant the following permission "
-                           "to use this command: android.permission.READ_PHONE_STATE")
+                           "to use this command: android.permission.READ_PHONE_STATE (not asked "
+                           "again until smsgw restarts)")
     assert got.timed_out is False  # the phone answered: it refused
 
 
@@ -619,3 +621,135 @@ def test_the_event_log_tells_a_health_sample_when_it_changed_not_every_time(
     assert "battery 60% UNPLUGGED" in lines[0] and "PLUGGED_AC" in lines[1]
     _, data = smsgw.status_json()
     assert data["phone_health"]["battery_percent"] == 57  # the status shows every sample
+
+
+# reality2 findings 10-13: the health read over the real Termux:API 0.50-0.53 ------------------
+def status_health_line(smsgw: Smsgw, webapp: ReferenceWebapp, *config: str) -> str:
+    """`smsgw run --once` then the `phone health:` line of `smsgw status`."""
+    assert smsgw("config", "--url", webapp.url, *config).returncode == 0
+    res = smsgw("run", "--once")
+    assert "Traceback" not in res.stderr, res.stderr
+    text = smsgw("status").stdout
+    return next(x for x in text.splitlines() if x.startswith("phone health:"))
+
+
+@pytest.mark.parametrize(("modes", "shown"), [
+    # App 0.51 prints the temperature as a string in the phone's locale.
+    ({"app_version": "0.51", "locale_decimal": ","}, "(CHARGING, GOOD, 29.4 °C)"),
+    ({"app_version": "0.51", "locale_decimal": "\u066b", "locale_digits": "arabic"},
+     "(CHARGING, GOOD, 29.4 °C)"),
+    # App 0.50 prints a float widened to double.
+    ({"app_version": "0.50"}, "(CHARGING, GOOD, 29.4 °C)"),
+])
+def test_status_shows_the_temperature_every_app_version_prints(
+        smsgw: Smsgw, fake_termux: FakeTermux, make_webapp: Callable[..., ReferenceWebapp],
+        modes: dict[str, str], shown: str) -> None:
+    fake_termux.set_mode(temperature=29.4, **modes)
+    line = status_health_line(smsgw, make_webapp())
+    assert f"battery 85% PLUGGED_AC {shown}; SIM ready" in line, line
+
+
+@pytest.mark.parametrize("app", ["0.51", "0.52"])
+def test_a_battery_read_the_old_app_crashes_on_says_to_update_termux_api(
+        smsgw: Smsgw, fake_termux: FakeTermux, make_webapp: Callable[..., ReferenceWebapp],
+        app: str) -> None:
+    # A phone that gives no battery current: 0.51/0.52 print nothing, exit 0 (and post an
+    # error notification); SIM and network are still read.
+    fake_termux.set_mode(app_version=app, battery_unsupported="current")
+    line = status_health_line(smsgw, make_webapp())
+    assert "SIM ready; network Safaricom lte; not read: termux-battery-status gave no answer" \
+        in line, line
+    assert "update Termux:API to 0.53 or later" in line, line
+
+
+def test_a_low_battery_alerts_when_android_gives_no_battery_broadcast(
+        smsgw: Smsgw, fake_termux: FakeTermux,
+        make_webapp: Callable[..., ReferenceWebapp]) -> None:
+    # App 0.53 answers an empty Intent: `plugged` PLUGGED_-1 and status UNKNOWN. That is not
+    # "plugged in": the power is unknown, and a low battery must still page the operator.
+    fake_termux.set_mode(battery_broadcast=0, battery=12)
+    webapp = make_webapp()
+    assert smsgw("config", "--url", webapp.url, "--alert-to", ALERT_TO).returncode == 0
+    for _ in range(2):
+        assert smsgw("run", "--once").returncode == 0
+    sent = [r["body"] for r in fake_termux.rows("sent") if r["address"] == ALERT_TO]
+    assert sent and sent[0].startswith("smsgw alert: battery low: 12%"), sent
+    _, data = smsgw.status_json()
+    assert data["phone_health"]["plugged"] is None
+    assert data["phone_health"]["battery_status"] == "UNKNOWN"
+
+
+@pytest.mark.parametrize(("plugged", "status", "on_power"), [
+    ("PLUGGED_-1", "UNKNOWN", None),   # stored by an older smsgw
+    (None, "NOT_CHARGING", None),      # plugged in at a charge limit, or too hot
+    (None, "UNKNOWN", None),
+    ("PLUGGED_8", "NOT_CHARGING", True),  # app < 0.51's dock
+    ("PLUGGED_USB", "NOT_CHARGING", True),
+    ("UNPLUGGED", "NOT_CHARGING", False),
+    (None, "FULL", True),
+    (None, "DISCHARGING", False),
+])
+def test_on_power_is_unknown_when_the_app_cannot_tell(plugged: str | None, status: str,
+                                                      on_power: bool | None) -> None:
+    assert PhoneHealth(battery_percent=10, plugged=plugged,
+                       battery_status=status).on_power is on_power
+
+
+def test_status_shows_sim_states_without_a_name_and_no_data_network_as_nothing_wrong(
+        smsgw: Smsgw, fake_termux: FakeTermux,
+        make_webapp: Callable[..., ReferenceWebapp]) -> None:
+    # deviceinfo describes the phone's default SIM; `network_type` is the data network's,
+    # `unknown` with mobile data off while SMS work; SIM_STATE_NOT_READY prints as "6".
+    fake_termux.set_mode(sim_state="6", mobile_data=0)
+    line = status_health_line(smsgw, make_webapp(), "--sim-slot", "1")
+    assert "; SIM not_ready (the default SIM; smsgw sends with slot 1); network Safaricom; " \
+        in line, line
+    assert "unknown" not in line
+    fake_termux.set_mode(sim_state=None, mobile_data=None, network_type="hdspa",
+                         clock_offset=3600)
+    res = smsgw("run", "--once", env={"SMSGW_TEST_CLOCK_OFFSET": "3600"})
+    assert res.returncode == 0, res.stderr
+    _, data = smsgw.status_json()
+    assert (data["phone_health"]["sim_state"], data["phone_health"]["network_type"],
+            data["phone_health"]["sim_slot"]) == ("ready", "hsdpa", 1)
+
+
+def test_deviceinfo_is_not_asked_again_after_a_permission_refusal(
+        fake_termux: FakeTermux) -> None:
+    # Without READ_PHONE_STATE the app opens its permission screen at every call: one
+    # refusal, then no more deviceinfo calls (diagnose included) until smsgw restarts. The
+    # battery needs no permission: it is still read.
+    fake_termux.set_mode(permission_error="READ_PHONE_STATE")
+    phone = TermuxPhone()
+    first = phone.read_health()
+    for _ in range(2):
+        again = phone.read_health()
+        assert again.problem == first.problem and again.battery_percent == 85
+    assert phone.diagnose() is None
+    assert fake_termux.call_count("termux-telephony-deviceinfo") == 1
+    assert fake_termux.call_count("termux-battery-status") == 3
+    assert len(fake_termux.provider.screens()) == 1
+    assert TermuxPhone().read_health().problem == first.problem  # a restart asks again
+    assert len(fake_termux.provider.screens()) == 2
+
+
+def test_the_daemon_opens_the_permission_screen_once(
+        smsgw: Smsgw, fake_termux: FakeTermux, make_webapp: Callable[..., ReferenceWebapp],
+        tmp_path: Path) -> None:
+    # Termux:API 0.50 sends without READ_PHONE_STATE; deviceinfo needs it, and each call
+    # opens the permission screen on the phone. The daemon reads it for the health sample
+    # and to diagnose failed sends: after the first refusal, never again.
+    from runner import wait_for
+
+    fake_termux.set_mode(app_version="0.50", permission_error="READ_PHONE_STATE", fail_next=2)
+    webapp = make_webapp()
+    for i in range(2):
+        webapp.queue("+254700000001", f"hello {i}")
+    assert smsgw("config", "--url", webapp.url).returncode == 0
+    with smsgw.daemon("--interval", "1", out=tmp_path / "daemon.out"):
+        wait_for(lambda: smsgw.log_file.read_text().count("failed (cause: ") == 2, 60,
+                 "both sends failed")
+    assert fake_termux.call_count("termux-telephony-deviceinfo") == 1
+    assert len(fake_termux.provider.screens()) == 1
+    _, data = smsgw.status_json()
+    assert "not asked again until smsgw restarts" in data["phone_health"]["problem"]

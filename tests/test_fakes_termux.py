@@ -329,3 +329,100 @@ def test_locale_digits_format_every_received(fake, digits, received):
     proc = run(fake, "fake-termux", "mode", "locale_digits=")
     assert proc.returncode == 0
     assert listed(fake, "-l", "1")[0]["received"] == "2026-03-10 09:15:42"
+
+
+# termux-battery-status and termux-telephony-deviceinfo (reality2 findings 10-13, 16) --------
+def answer(fake, name: str) -> dict:
+    proc = run(fake, name)
+    assert proc.returncode == 0 and proc.stderr == "", proc
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize(("app", "fields", "temperature"), [
+    # BatteryStatusAPI 0.50.1: six fields, the temperature a float widened to double.
+    ("0.50", ["health", "percentage", "plugged", "status", "temperature", "current"],
+     29.399999618530273),
+    # 0.51: String.format("%.1f") in the phone's locale; null where Android gives nothing.
+    ("0.51", ["present", "technology", "health", "plugged", "status", "temperature",
+              "voltage", "current", "current_average", "percentage", "level", "scale",
+              "charge_counter", "energy", "cycle"], "29,4"),
+    ("0.52", ["present", "technology", "health", "plugged", "status", "temperature",
+              "voltage", "current", "current_average", "percentage", "level", "scale",
+              "charge_counter", "energy", "cycle"], 29.4),
+    # 0.53 (27a7599): no null values.
+    ("0.53", ["present", "technology", "health", "plugged", "status", "temperature",
+              "voltage", "current", "current_average", "percentage", "level", "scale",
+              "charge_counter", "cycle"], 29.4),
+])
+def test_battery_status_by_app_version(fake, app, fields, temperature):
+    fake.set_mode(app_version=app, temperature=29.4, locale_decimal=",")
+    got = answer(fake, "termux-battery-status")
+    assert list(got) == fields
+    assert got["temperature"] == temperature
+    assert got.get("energy", "absent") in (None, "absent")
+
+
+@pytest.mark.parametrize(("app", "crashes"), [("0.50", False), ("0.51", True),
+                                              ("0.52", True), ("0.53", False)])
+def test_battery_status_without_a_current_reading(fake, app, crashes):
+    fake.set_mode(app_version=app, battery_unsupported="current")
+    proc = run(fake, "termux-battery-status")
+    assert proc.returncode == 0 and proc.stderr == ""
+    notes = json.loads(run(fake, "termux-notification-list").stdout)
+    if crashes:  # the NullPointerException: nothing printed, an error notification
+        assert proc.stdout == ""
+        assert [(n["packageName"], n["title"]) for n in notes] == [
+            ("com.termux.api", "Termux:API Error")]
+    else:
+        got = json.loads(proc.stdout)
+        assert got.get("current", "absent") == (-(2 ** 63) if app == "0.50" else "absent")
+        assert notes == []
+
+
+def test_battery_status_without_a_battery_broadcast(fake):
+    fake.set_mode(battery_broadcast=0, battery=40)
+    got = answer(fake, "termux-battery-status")
+    assert (got["plugged"], got["health"], got["status"], got["level"], got["scale"],
+            got["temperature"]) == ("PLUGGED_-1", "-1", "UNKNOWN", -1, -1, -214748364.8)
+    assert got["percentage"] == 40  # BatteryManager's property, not the broadcast
+    fake.set_mode(app_version="0.52")
+    assert run(fake, "termux-battery-status").stdout == ""
+    fake.set_mode(battery_broadcast=None, battery_status="NOT_CHARGING", app_version="0.49",
+                  plugged="PLUGGED_DOCK")
+    got = answer(fake, "termux-battery-status")
+    assert (got["status"], got["plugged"]) == ("NOT_CHARGING", "PLUGGED_8")
+
+
+def test_deviceinfo_states_the_app_prints(fake):
+    fake.set_mode(sim_state="6", network_type="hdspa")
+    got = answer(fake, "termux-telephony-deviceinfo")
+    assert (got["sim_state"], got["network_type"]) == ("6", "hdspa")
+    fake.set_mode(mobile_data=0)
+    got = answer(fake, "termux-telephony-deviceinfo")
+    assert (got["network_type"], got["data_state"], got["data_enabled"],
+            got["network_operator_name"]) == ("unknown", "disconnected", "false", "Safaricom")
+
+
+def test_deviceinfo_permission_error_opens_the_permission_screen_every_time(fake):
+    fake.set_mode(permission_error="READ_PHONE_STATE")
+    for _ in range(2):
+        assert "error" in answer(fake, "termux-telephony-deviceinfo")
+    assert [s["name"] for s in fake.provider.screens()] == ["TermuxApiPermissionActivity"] * 2
+    assert fake.provider.screens()[0]["extra"] == "android.permission.READ_PHONE_STATE"
+    answer(fake, "termux-battery-status")  # needs no permission
+    assert len(fake.provider.screens()) == 2
+
+
+@pytest.mark.parametrize("name", ["termux-battery-status", "termux-telephony-deviceinfo"])
+@pytest.mark.parametrize(("args", "code", "stdout"), [
+    (["-h"], 0, "Usage: {name}\n"),
+    (["-x"], 1, "{name}: illegal option -x\n"),
+    (["--json"], 1, "{name}: illegal option --\n"),
+    (["now"], 1, "{name}: too many arguments\n"),
+    (["--", "now"], 1, "{name}: too many arguments\n"),
+])
+def test_plain_scripts_answer_their_arguments(fake, name, args, code, stdout):
+    proc = run(fake, name, *args)
+    assert (proc.returncode, proc.stderr) == (code, "")
+    assert proc.stdout.startswith(stdout.format(name=name)), proc.stdout
+    assert "{" not in proc.stdout  # the app was never asked

@@ -586,6 +586,36 @@ def test_diagnose(fake, modes, expected):
     assert TermuxPhone(list_timeout=1).diagnose() == expected
 
 
+@pytest.mark.parametrize(("modes", "expected"), [
+    # reality2 finding 12: `unknown` is transitional, 6 is SIM_STATE_NOT_READY (the app
+    # prints states it has no word for as numbers); a data network `unknown` (mobile data
+    # off) is no cause.
+    ({"sim_state": "unknown"}, "SIM not ready"), ({"sim_state": "6"}, "SIM not ready"),
+    ({"sim_state": "8"}, "SIM not ready (card_io_error)"),
+    ({"sim_state": "pin_required"}, "SIM not ready (pin_required)"),
+    ({"mobile_data": 0}, None),
+])
+def test_diagnose_sim_states_the_app_prints(fake, modes, expected):
+    fake.set_mode(**modes)
+    assert TermuxPhone(list_timeout=5).diagnose() == expected
+
+
+def test_diagnose_says_it_read_the_default_sim_when_a_slot_is_configured(fake):
+    fake.set_mode(no_sim=1)
+    assert TermuxPhone(sim_slot=1).diagnose() == (
+        "no SIM (the phone's default SIM; smsgw sends with SIM slot 1)")
+
+
+def test_diagnose_after_a_permission_refusal_asks_no_more(fake):
+    fake.set_mode(permission_error="READ_PHONE_STATE")
+    phone = TermuxPhone()
+    assert phone.diagnose() is None
+    assert phone.diagnose() is None
+    assert "not asked again until smsgw restarts" in (phone.read_health().problem or "")
+    assert fake.call_count("termux-telephony-deviceinfo") == 1
+    assert len(fake.provider.screens()) == 1
+
+
 def test_diagnose_never_raises_on_garbage(tmp_path, monkeypatch):
     script(tmp_path, monkeypatch, "termux-telephony-deviceinfo", "echo garbage")
     assert TermuxPhone().diagnose() is None

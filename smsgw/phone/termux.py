@@ -49,6 +49,12 @@ _KINDS = {"inbox": INBOX, "sent": SENT, "failed": FAILED}
 _WORDS = 300  # characters of a tool's output kept in an error text
 MAX_BAD_ROWS = 1000  # bad rows kept for take_bad_rows(), and keys remembered as logged
 HEALTH_TIMEOUT = 10.0  # seconds for each health read (at most list_timeout): they are small
+# termux-battery-status prints nothing (exit 0) when the app throws while answering: 0.51 and
+# 0.52 on a phone that gives no battery current (fixed in 0.53), and every version before
+# 0.53 when Android gives no battery broadcast. The app then posts an error notification.
+NO_BATTERY_ANSWER = (f"{BATTERY_STATUS} gave no answer (Termux:API before 0.53 fails on some "
+                     "phones, with an error notification each time): update Termux:API to 0.53 "
+                     "or later")
 
 
 class CommandFailed(PhoneError):
@@ -495,11 +501,28 @@ def _text_field(data: dict[str, Any], name: str) -> str | None:
     return text[:40] if text else None
 
 
+def _temperature(value: Any) -> float | None:
+    """°C from termux-battery-status's `temperature`, None when unknown or absurd."""
+    if isinstance(value, str):
+        # App 0.51 prints String.format("%.1f") in the phone's locale: "29,5", "٢٩٫٥".
+        text = ascii_digits(value).strip().replace(",", ".").replace("\u066b", ".")
+        try:
+            value = float(text.replace("\u2212", "-"))
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not -60 <= value <= 150:  # the app prints MIN_VALUE/10 when unknown
+        return None
+    return round(float(value), 1)  # app 0.50 prints a float's widening: 29.399999618530273
+
+
 def parse_battery(data: Any) -> dict[str, Any]:
     """PhoneHealth fields from termux-battery-status's JSON object (BatteryStatusAPI.java:
     `percentage` from BATTERY_PROPERTY_CAPACITY, else `level`/`scale`; `plugged`
-    PLUGGED_AC/USB/WIRELESS/DOCK or UNPLUGGED; `status`, `health`, `temperature` in °C).
-    A field that is missing or of the wrong type is None."""
+    PLUGGED_AC/USB/WIRELESS/DOCK or UNPLUGGED; `status`, `health`, `temperature` in °C,
+    a number, or a string in the phone's locale from app 0.51).
+    A field that is missing, null or of the wrong type is None; so are the app's words for
+    "Android gave no battery broadcast" (`plugged` PLUGGED_-1, `health` -1)."""
     if not isinstance(data, dict):
         raise PhoneError(f"{BATTERY_STATUS} did not answer an object: "
                          f"{_words(json.dumps(data))!r}")
@@ -510,26 +533,38 @@ def parse_battery(data: Any) -> dict[str, Any]:
             percent = round(level * 100 / scale)
     if percent is not None and not 0 <= percent <= 100:
         percent = None
-    temperature = data.get("temperature")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not -60 <= temperature <= 150:  # the app prints MIN_VALUE/10 when unknown
-        temperature = None
-    return {"battery_percent": percent, "plugged": _text_field(data, "plugged"),
+    plugged = _text_field(data, "plugged")
+    health = _text_field(data, "health")
+    return {"battery_percent": percent, "plugged": None if plugged == "PLUGGED_-1" else plugged,
             "battery_status": _text_field(data, "status"),
-            "battery_health": _text_field(data, "health"),
-            "temperature": None if temperature is None else float(temperature)}
+            "battery_health": None if health == "-1" else health,
+            "temperature": _temperature(data.get("temperature"))}
+
+
+# TelephonyManager.SIM_STATE_* that TelephonyAPI has no word for: it prints the number.
+_SIM_STATES = {"6": "not_ready", "7": "perm_disabled", "8": "card_io_error",
+               "9": "card_restricted"}
+_NETWORK_TYPES = {"hdspa": "hsdpa"}  # the app's spelling of NETWORK_TYPE_HSDPA
 
 
 def parse_deviceinfo(data: Any) -> dict[str, Any]:
     """PhoneHealth fields from termux-telephony-deviceinfo's JSON object (TelephonyAPI.java:
-    `sim_state` ready/absent/pin_required/..., `network_operator_name`, `network_type`
-    lte/nr/umts/..., `data_state` connected/disconnected/...)."""
+    `sim_state` ready/absent/pin_required/unknown/..., `network_operator_name`,
+    `network_type` lte/nr/umts/..., `data_state` connected/disconnected/...).
+
+    They describe the phone's default SIM (the default TelephonyManager), whatever SIM
+    slot smsgw sends with. `network_type` is the mobile DATA network's: `unknown` (here
+    None) with mobile data off, while SMS still work. A SIM state the app prints as a
+    number gets Android's name (6 not_ready, 7 perm_disabled, ...)."""
     if not isinstance(data, dict):
         raise PhoneError(f"{DEVICE_INFO} did not answer an object: {_words(json.dumps(data))!r}")
-    return {"sim_state": _text_field(data, "sim_state"),
+    state = _text_field(data, "sim_state")
+    network = _text_field(data, "network_type")
+    return {"sim_state": _SIM_STATES.get(state, state) if state is not None else None,
             "network_operator": _text_field(data, "network_operator_name")
             or _text_field(data, "network_operator"),
-            "network_type": _text_field(data, "network_type"),
+            "network_type": None if network == "unknown"
+            else _NETWORK_TYPES.get(network, network) if network is not None else None,
             "data_state": _text_field(data, "data_state")}
 
 
@@ -561,6 +596,7 @@ class TermuxPhone(Phone):
         self._bad_lock = threading.Lock()
         self._bad_rows: dict[str, BadRow] = {}  # set aside, not yet taken
         self._logged: dict[str, None] = {}  # keys already logged (the newest MAX_BAD_ROWS)
+        self._refused: ToolError | None = None  # deviceinfo's permission refusal, see _deviceinfo
 
     @property
     def sim_slot(self) -> int | None:
@@ -888,40 +924,76 @@ class TermuxPhone(Phone):
                          SMS_LIST, b.bad.reason)
 
     # diagnosis -----------------------------------------------------------------------
+    def _deviceinfo(self, timeout: float) -> dict[str, Any]:
+        """parse_deviceinfo() of a termux-telephony-deviceinfo call; raises PhoneError.
+
+        Without READ_PHONE_STATE the app answers an error AND opens its permission screen
+        on the phone, at every call: after one refusal it is not called again (the refusal
+        is raised again) until smsgw restarts."""
+        refused = self._refused
+        if refused is not None:
+            raise ToolError(str(refused), refused.output, refused.words)
+        try:
+            return parse_deviceinfo(parse_json(DEVICE_INFO, self._run((DEVICE_INFO,),
+                                                                      timeout=timeout)))
+        except ToolError as exc:
+            if "permission" in exc.words.lower():
+                self._refused = ToolError(f"{exc} (not asked again until smsgw restarts)",
+                                          exc.output, exc.words)
+                raise ToolError(str(self._refused), exc.output, exc.words) from None
+            raise
+
     def diagnose(self) -> str | None:
         try:
-            info = parse_deviceinfo(parse_json(
-                DEVICE_INFO, self._run((DEVICE_INFO,), timeout=self.list_timeout)))
+            info = self._deviceinfo(self.list_timeout)
         except PhoneError as exc:
             logger.debug("no diagnosis: %s", exc)
             return None
         state = info["sim_state"]
-        if state in (None, "absent", "unknown"):
-            return "no SIM"
-        if state != "ready":
-            return f"SIM not ready ({state})"
-        if not info["network_operator"]:
-            return "no network operator"
-        return None
+        if state in (None, "absent"):
+            cause = "no SIM"
+        elif state in ("unknown", "not_ready"):  # unknown: a transitional state
+            cause = "SIM not ready"
+        elif state != "ready":
+            cause = f"SIM not ready ({state})"
+        elif not info["network_operator"]:
+            cause = "no network operator"
+        else:
+            return None
+        if self.sim_slot is not None:
+            cause += f" (the phone's default SIM; smsgw sends with SIM slot {self.sim_slot})"
+        return cause
 
     # health ----------------------------------------------------------------------------
     def read_health(self) -> PhoneHealth:
         """Battery (termux-battery-status, no permission needed) and SIM and network
         (termux-telephony-deviceinfo, needs READ_PHONE_STATE): two calls, each with a short
-        timeout. When the first hangs the app is not answering: the second is not tried."""
+        timeout. When the first hangs the app is not answering: the second is not tried.
+        Once the permission was refused, SIM and network are not read until smsgw restarts
+        (see _deviceinfo)."""
         timeout = min(self.list_timeout, HEALTH_TIMEOUT)
         values: dict[str, Any] = {}
         problems: list[str] = []
         timed_out = False
-        for command, parse in ((BATTERY_STATUS, parse_battery), (DEVICE_INFO, parse_deviceinfo)):
+        try:
+            out = self._run((BATTERY_STATUS,), timeout=timeout)
+            if not out.strip():
+                raise PhoneError(NO_BATTERY_ANSWER)
+            values.update(parse_battery(parse_json(BATTERY_STATUS, out)))
+        except PhoneTimeout as exc:
+            problems.append(str(exc))
+            timed_out = True
+        except PhoneError as exc:
+            problems.append(str(exc))
+        if not timed_out:
             try:
-                values.update(parse(parse_json(command, self._run((command,), timeout=timeout))))
+                values.update(self._deviceinfo(timeout))
             except PhoneTimeout as exc:
                 problems.append(str(exc))
                 timed_out = True
-                break
             except PhoneError as exc:
                 problems.append(str(exc))
         if problems:
             logger.warning("phone health not fully read: %s", "; ".join(problems))
-        return PhoneHealth(**values, problem="; ".join(problems) or None, timed_out=timed_out)
+        return PhoneHealth(**values, problem="; ".join(problems) or None, timed_out=timed_out,
+                           sim_slot=self.sim_slot if "sim_state" in values else None)

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -51,7 +52,9 @@ MODES = {
     "script_version": "termux-api package (the scripts): 0.59 (default: bash, long options "
                       "only as --opt=value, argument errors exit 64) or 0.58 (dash getopts: "
                       "no long options, `illegal option --`, exit 1; no -t failed/queued, no -v)",
-    "app_version": "Termux:API app: 0.53 (default), 0.51 (selection, sort order, `address`), "
+    "app_version": "Termux:API app: 0.53 (default), 0.52 (termux-battery-status prints "
+                   "nulls and crashes without a current), 0.51 (selection, sort order, "
+                   "`address`; the battery temperature a locale string), "
                    "0.50 (`_id`, but selection ignored), 0.49 (no `_id`, `-t inbox` = all)",
     "old_version": "alias for the oldest pair: script_version=0.58 app_version=0.49 (an explicit "
                    "script_version/app_version wins)",
@@ -75,7 +78,30 @@ MODES = {
     "clock_offset": "seconds added to the phone's clock",
     "battery": "termux-battery-status: the battery's percentage (default 85)",
     "plugged": "termux-battery-status: PLUGGED_AC (default), PLUGGED_USB, PLUGGED_WIRELESS, "
-               "UNPLUGGED, ...; its `status` follows (CHARGING, FULL at 100, or DISCHARGING)",
+               "PLUGGED_DOCK (PLUGGED_8 before app 0.51), UNPLUGGED, ...; its `status` follows "
+               "(CHARGING, FULL at 100, or DISCHARGING)",
+    "battery_status": "termux-battery-status: this `status` instead (NOT_CHARGING: plugged in "
+                      "at a charge limit or too hot; UNKNOWN)",
+    "temperature": "termux-battery-status: the battery's temperature in °C (default 29.5)",
+    "locale_decimal": "the decimal separator of the phone's locale (default \".\"; \",\" for "
+                      "de, fr, ru...; \"\u066b\" for arabic): app 0.51 prints `temperature` "
+                      "as a string in the locale (with locale_digits' digits)",
+    "battery_unsupported": "termux-battery-status: comma-separated BatteryManager properties "
+                           "the phone does not give (current, current_average, percentage, "
+                           "charge_counter, energy; default energy): app 0.53 leaves them "
+                           "out, 0.51/0.52 print null and crash on a missing current (nothing "
+                           "printed, exit 0, a \"Termux:API Error\" notification), before "
+                           "0.51 current is Long.MIN_VALUE",
+    "battery_broadcast": "0: Android gives no battery broadcast: app 0.53 prints its "
+                         "defaults (plugged PLUGGED_-1, health -1, status UNKNOWN, level and "
+                         "scale -1, temperature -214748364.8); older apps crash (nothing "
+                         "printed, exit 0; 0.51+ post an error notification)",
+    "sim_state": "deviceinfo: this `sim_state` (unknown, pin_required, puk_required, "
+                 "network_locked, or a number: 6 not ready, 7, 8, 9)",
+    "network_type": "deviceinfo: this `network_type` (the mobile data network's: hdspa, "
+                    "umts, nr, ...)",
+    "mobile_data": "0: mobile data off: deviceinfo shows network_type unknown, data_state "
+                   "disconnected, data_enabled false; SMS still work",
     "locale_digits": "the phone's locale prints its own digits in `received` (SimpleDateFormat "
                      "with the default locale): arabic (٠١٢...), persian (۰۱۲...), devanagari "
                      "(०१२..., Nepali, Marathi), bengali (০১২...); default ASCII",
@@ -87,7 +113,7 @@ LOCALE_DIGITS = {"ascii": "0", "latn": "0", "arabic": "\u0660", "arab": "\u0660"
                  "deva": "\u0966", "bengali": "\u09e6", "beng": "\u09e6"}
 
 SCRIPT_VERSIONS = ("0.58", "0.59")
-APP_VERSIONS = ("0.49", "0.50", "0.51", "0.53")
+APP_VERSIONS = ("0.49", "0.50", "0.51", "0.52", "0.53")
 DEFAULT_SCRIPT, DEFAULT_APP = (0, 59), (0, 53)
 OLDEST_SCRIPT, OLDEST_APP = (0, 58), (0, 49)
 
@@ -109,6 +135,8 @@ CREATE TABLE IF NOT EXISTS contacts (number TEXT, name TEXT);
 CREATE TABLE IF NOT EXISTS printed (row_id INTEGER PRIMARY KEY, how TEXT);
 CREATE TABLE IF NOT EXISTS notifications (
     id INTEGER PRIMARY KEY, package TEXT, title TEXT, content TEXT, tag TEXT, grp TEXT,
+    when_ms INTEGER);
+CREATE TABLE IF NOT EXISTS screens (id INTEGER PRIMARY KEY, name TEXT, extra TEXT,
     when_ms INTEGER);
 """
 
@@ -319,6 +347,18 @@ class Provider:
                 "INSERT INTO notifications (package, title, content, tag, grp, when_ms)"
                 " VALUES (?, ?, ?, '', '', ?)", (package, title, content, self.now_ms()))
             return int(cur.lastrowid or 0)
+
+    def open_screen(self, name: str, extra: str = "") -> None:
+        """The app started an activity on the phone's screen (e.g. the permission dialog)."""
+        with self.db() as conn:
+            conn.execute("INSERT INTO screens (name, extra, when_ms) VALUES (?, ?, ?)",
+                         (name, extra, self.now_ms()))
+
+    def screens(self) -> list[dict[str, Any]]:
+        """The screens the app opened, oldest first: `name`, `extra`, `when_ms`."""
+        with self.db() as conn:
+            return [dict(r) for r in conn.execute(
+                "SELECT name, extra, when_ms FROM screens ORDER BY id")]
 
 
 # output helpers ---------------------------------------------------------------------
@@ -923,14 +963,42 @@ def _send_app(p: Provider, recipients: list[str], slot: int, body: str,
 
 
 # other commands -----------------------------------------------------------------------------
+BATTERY_NAME, DEVICEINFO_NAME = "termux-battery-status", "termux-telephony-deviceinfo"
+PLAIN_USAGE = {BATTERY_NAME: "Get the status of the device battery.",
+               DEVICEINFO_NAME: "Get information about the telephony device."}
+
+
+def plain_script(name: str, argv: list[str]) -> int | None:
+    """The scripts that take no argument (`getopts :h`, the same in 0.58 and 0.59): the
+    exit status of an argument error or `-h`, None when the broadcast goes on."""
+    events, rest = getopts(argv, ":h")
+    for option, value in events:
+        if option == "h":
+            _print(f"Usage: {name}\n{PLAIN_USAGE[name]}\n")
+            return 0
+        _print(f"{name}: illegal option -{value}\n")
+        return 1
+    if rest:
+        _print(f"{name}: too many arguments\n")
+        return 1
+    return None
+
+
+def _off(modes: dict[str, Any], key: str) -> bool:
+    return modes.get(key, 1) in (0, False, "0")
+
+
 def deviceinfo(modes: dict[str, Any]) -> dict[str, Any]:
+    # TelephonyAPI.java: the default TelephonyManager, so the phone's default SIM whatever
+    # slot a send uses; `network_type` is the data network's (unknown with mobile data off).
     no_sim = bool(modes.get("no_sim"))
     # With the radio off (airplane mode) the phone is registered on no network.
     no_operator = no_sim or bool(modes.get("no_operator") or modes.get("radio_off"))
+    data = not no_operator and not _off(modes, "mobile_data")
     return {
-        "data_enabled": "true",
+        "data_enabled": "false" if _off(modes, "mobile_data") else "true",
         "data_activity": "none",
-        "data_state": "disconnected" if no_operator else "connected",
+        "data_state": "connected" if data else "disconnected",
         "device_id": None,
         "device_software_version": "01",
         "phone_count": int(modes.get("sim_slots", 2)),
@@ -938,40 +1006,76 @@ def deviceinfo(modes: dict[str, Any]) -> dict[str, Any]:
         "network_operator": "" if no_operator else "63902",
         "network_operator_name": "" if no_operator else "Safaricom",
         "network_country_iso": "" if no_operator else "ke",
-        "network_type": "unknown" if no_operator else "lte",
+        "network_type": str(modes.get("network_type") or "lte") if data else "unknown",
         "network_roaming": False,
         "sim_country_iso": "" if no_sim else "ke",
         "sim_operator": "" if no_sim else "63902",
         "sim_operator_name": "" if no_sim else "Safaricom",
         "sim_serial_number": None,
         "sim_subscriber_id": None,
-        "sim_state": "absent" if no_sim else "ready",
+        "sim_state": "absent" if no_sim else str(modes.get("sim_state") or "ready"),
     }
 
 
-def battery_status(modes: dict[str, Any]) -> dict[str, Any]:
-    # BatteryStatusAPI.java (app 0.53): every field the app writes on a recent Android, in its
-    # order; `percentage` from BATTERY_PROPERTY_CAPACITY, temperature in tenths of °C / 10.
+BATTERY_PROPERTIES = ("current", "current_average", "percentage", "charge_counter", "energy")
+INT_MIN, LONG_MIN = -(2 ** 31), -(2 ** 63)
+
+
+def _locale_number(text: str, modes: dict[str, Any]) -> str:
+    # Java's String.format("%.1f") with the phone's default locale: its separator and digits.
+    text = text.replace(".", str(modes.get("locale_decimal") or "."))
+    zero = LOCALE_DIGITS.get(str(modes.get("locale_digits") or "ascii").lower(), "0")
+    return text.translate({ord("0") + k: ord(zero) + k for k in range(10)})
+
+
+def battery_status(modes: dict[str, Any], app: tuple[int, ...]) -> dict[str, Any] | None:
+    """BatteryStatusAPI.java's answer at app version `app`, or None when the app throws
+    while writing it (nothing is printed, exit 0)."""
     percent = int(modes.get("battery", 85))
     plugged = str(modes.get("plugged", "PLUGGED_AC"))
-    status = "DISCHARGING" if plugged == "UNPLUGGED" else "FULL" if percent >= 100 \
-        else "CHARGING"
-    return {
-        "present": True,
-        "technology": "Li-ion",
-        "health": "GOOD",
-        "plugged": plugged,
-        "status": status,
-        "temperature": 29.5,
-        "voltage": 4012,
-        "current": -254000 if plugged == "UNPLUGGED" else 612000,
-        "current_average": -198000 if plugged == "UNPLUGGED" else 540000,
-        "percentage": percent,
-        "level": percent,
-        "scale": 100,
-        "charge_counter": 2871000,
-        "cycle": 211,  # Android 14+; `energy` is left out, as when Android gives none
+    status = str(modes.get("battery_status") or ("DISCHARGING" if plugged == "UNPLUGGED"
+                                                 else "FULL" if percent >= 100 else "CHARGING"))
+    missing = {x.strip() for x in str(modes.get("battery_unsupported", "energy")).split(",")}
+    tenths = round(float(modes.get("temperature", 29.5)) * 10)
+    health, level, scale, present, voltage = "GOOD", percent, 100, True, 4012
+    if _off(modes, "battery_broadcast"):
+        if app < (0, 53):
+            return None  # registerReceiver gave null: a NullPointerException
+        # An empty Intent: every getIntExtra gives its default.
+        plugged, status, health, level, scale, present = "PLUGGED_-1", "UNKNOWN", "-1", -1, -1, \
+            False
+        tenths, voltage = INT_MIN, -1000  # -1 < 100: "fixed" from V to mV
+    if plugged == "PLUGGED_DOCK" and app < (0, 51):
+        plugged = "PLUGGED_8"  # no case for BATTERY_PLUGGED_DOCK yet
+    current = -254000 if plugged == "UNPLUGGED" else 612000
+    if app < (0, 51):
+        # Termux:API 0.50.1 and older: an int percentage from level/scale, the temperature a
+        # float widened to double (unrounded), `current` a long.
+        return {"health": health, "percentage": level * 100 // scale, "plugged": plugged,
+                "status": status,
+                "temperature": struct.unpack("f", struct.pack("f", tenths / 10))[0],
+                "current": LONG_MIN if "current" in missing else current}
+    if "current" in missing and app < (0, 53):
+        return None  # `int batteryCurrentNow = null`: a NullPointerException (fixed in 0.53)
+    properties = {"current": current,
+                  "current_average": -198000 if plugged == "UNPLUGGED" else 540000,
+                  "percentage": percent, "charge_counter": 2871000, "energy": 10650000000}
+    props = {k: None if k in missing else v for k, v in properties.items()}
+    temperature: Any = round(tenths) / 10
+    if app < (0, 52):
+        temperature = _locale_number(f"{struct.unpack('f', struct.pack('f', tenths / 10))[0]:.1f}",
+                                     modes)
+    answer = {
+        "present": present, "technology": "Li-ion" if present else None, "health": health,
+        "plugged": plugged, "status": status, "temperature": temperature, "voltage": voltage,
+        "current": props["current"], "current_average": props["current_average"],
+        "percentage": props["percentage"], "level": level, "scale": scale,
+        "charge_counter": props["charge_counter"], "energy": props["energy"],
+        "cycle": 211,  # Android 14+
     }
+    if app >= (0, 53):  # 27a7599: putXIfSet, no null values
+        answer = {k: v for k, v in answer.items() if v is not None}
+    return answer
 
 
 def notification_list(p: Provider) -> list[dict[str, Any]]:
@@ -1115,18 +1219,29 @@ def main(name: str, argv: list[str]) -> int:
         if not name.startswith("termux-"):
             sys.stderr.write(f"fake termux: unknown command {name}\n")
             return 127
+        if name in PLAIN_USAGE:
+            status = plain_script(name, argv)
+            if status is not None:
+                return status
         call.broadcast(modes)
         _, app = versions(modes)
         missing = missing_permissions(name, modes, app)
         if missing:
             _print_json(_permission_error(missing))
+            # TermuxApiPermissionActivity: the app also opens the permission screen.
+            p.open_screen("TermuxApiPermissionActivity",
+                          ",".join(f"android.permission.{m}" for m in missing))
             return 0
-        if name == "termux-telephony-deviceinfo":
+        if name == DEVICEINFO_NAME:
             _print_json(deviceinfo(modes))
         elif name == "termux-notification-list":
             _print_json(notification_list(p))
-        elif name == "termux-battery-status":
-            _print_json(battery_status(modes))
+        elif name == BATTERY_NAME:
+            answer = battery_status(modes, app)
+            if answer is not None:
+                _print_json(answer)
+            elif app >= (0, 51):  # ResultReturner catches it and posts a notification
+                p.notify(API_PACKAGE, "Termux:API Error", "Error in ResultReturner")
         elif name != "termux-wake-lock":
             sys.stderr.write(f"fake termux: unknown command {name}\n")
             return 127
