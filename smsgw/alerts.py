@@ -96,6 +96,8 @@ def battery_problem(health: PhoneHealth | None, now: datetime, was_low: bool) ->
     limit = BATTERY_OK if was_low else BATTERY_LOW + 1
     if health.battery_percent >= limit:
         return None
+    if health.on_power is None:
+        return f"{health.battery_percent}% (the phone does not say whether it is plugged in)"
     return f"{health.battery_percent}% and not plugged in"
 
 

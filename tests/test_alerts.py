@@ -674,6 +674,8 @@ def test_a_low_battery_alerts_when_android_gives_no_battery_broadcast(
         assert smsgw("run", "--once").returncode == 0
     sent = [r["body"] for r in fake_termux.rows("sent") if r["address"] == ALERT_TO]
     assert sent and sent[0].startswith("smsgw alert: battery low: 12%"), sent
+    # and it does not claim to know the phone is unplugged
+    assert "does not say whether it is plugged in" in sent[0], sent
     _, data = smsgw.status_json()
     assert data["phone_health"]["plugged"] is None
     assert data["phone_health"]["battery_status"] == "UNKNOWN"
