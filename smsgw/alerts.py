@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
-from .health import Alert, AlertState, Episode, PhoneHealth, Sent
+from .alertstate import Alert, AlertState, Episode, Sent
+from .health import PhoneHealth
 from .models import printable, span
 
 WEBAPP, PHONE, STUCK, BATTERY = "webapp", "phone", "stuck", "battery"

@@ -15,9 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from . import alerts, retry, segment
+from .alertstate import AlertState
 from .config import Settings, scrub_secrets, secrets_of
 from .errors import PhoneError, StateError, WebappError
-from .health import AlertState, PhoneHealth
+from .health import PhoneHealth
 from .models import (
     AWAITING_PARTS,
     RATE_WINDOW,

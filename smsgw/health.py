@@ -1,15 +1,15 @@
-"""The phone's health as last sampled (battery, SIM and network) and the alert policy's
-memory: typed values the store keeps beside the records (owner: the gateway's health step).
+"""The phone's health as last sampled (battery, SIM and network): a typed value the store
+keeps beside the records (owner: the gateway's health step).
 
-A leaf module like models.py: the phone produces a PhoneHealth, the store keeps it and the
-AlertState, the alert policy (alerts.py) and `smsgw status` read them.
+A leaf module like models.py: the phone produces a PhoneHealth, the store keeps it, the
+alert policy (alerts.py) and `smsgw status` read it. The alert policy's own memory is in
+alertstate.py, so `smsgw status` does not pay for it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -108,65 +108,3 @@ class PhoneHealth:
         if self.problem:
             parts.append(f"not read: {self.problem}")
         return "; ".join(parts) or "nothing could be read"
-
-
-# the alert policy's memory (alerts.py decides) ------------------------------------------
-@dataclass(frozen=True)
-class Episode:
-    """A condition observed since `since` (text: what was seen last); `alerted` is when
-    its alert was sent, None while none was."""
-
-    since: datetime
-    text: str
-    alerted: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Sent:
-    """The last alert or recovery SMS queued, for `smsgw status`."""
-
-    at: datetime
-    condition: str
-    text: str
-    recovery: bool = False
-
-
-@dataclass(frozen=True)
-class AlertState:
-    """What the policy remembers between cycles (owner: the gateway's health step)."""
-
-    active: Mapping[str, Episode] = field(default_factory=dict)
-    last_alert: Mapping[str, datetime] = field(default_factory=dict)  # per condition
-    last_sent: Sent | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "active": {k: {"since": to_iso(e.since), "text": e.text,
-                           "alerted": to_iso(e.alerted)} for k, e in self.active.items()},
-            "last_alert": {k: to_iso(at) for k, at in self.last_alert.items()},
-            "last_sent": None if self.last_sent is None else {
-                "at": to_iso(self.last_sent.at), "condition": self.last_sent.condition,
-                "text": self.last_sent.text, "recovery": self.last_sent.recovery},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> AlertState:
-        if not data:
-            return cls()
-        sent = data.get("last_sent")
-        return cls(
-            active={k: Episode(from_iso(e["since"]), e["text"], from_iso(e.get("alerted")))  # type: ignore[arg-type]
-                    for k, e in (data.get("active") or {}).items()},
-            last_alert={k: from_iso(v) for k, v in (data.get("last_alert") or {}).items()},  # type: ignore[misc]
-            last_sent=None if not sent else Sent(from_iso(sent["at"]), sent["condition"],  # type: ignore[arg-type]
-                                                 sent["text"], bool(sent.get("recovery"))),
-        )
-
-
-@dataclass(frozen=True)
-class Alert:
-    """One SMS to queue for the operator."""
-
-    condition: str
-    text: str
-    recovery: bool = False

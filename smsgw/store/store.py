@@ -57,7 +57,7 @@ from .storage import (
 from .unit import Unit
 
 if TYPE_CHECKING:
-    from ..health import Alert, AlertState
+    from ..alertstate import Alert, AlertState
     from .views import Listing, MessageFilter, QueueHealth
 
 logger = logging.getLogger(__name__)

@@ -39,7 +39,8 @@ from ..models import (
 from .storage import STATE_VERSION
 
 if TYPE_CHECKING:
-    from ..health import AlertState, PhoneHealth
+    from ..alertstate import AlertState
+    from ..health import PhoneHealth
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class Unit:
     @property
     def alert_state(self) -> AlertState:
         """Conditions observed, alerts sent (owner: the gateway's health step)."""
-        from ..health import AlertState  # on use: `import smsgw.store` stays light
+        from ..alertstate import AlertState  # on use: `import smsgw.store` stays light
 
         return AlertState.from_dict(self._get("alerts"))
 
