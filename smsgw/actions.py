@@ -467,6 +467,31 @@ def retry(paths: Paths, store: Store, ids: list[str], all_failed: bool,
     return result
 
 
+def log_id(store_of: Any, text: str, now: datetime) -> str:
+    """The message id `smsgw log --id` looks for: the id of the one message (from the webapp,
+    local or incoming, active or archived) that `text` is a prefix of; `text` itself when it
+    is an exact id or names none (the log outlives the archive, and the state may be
+    damaged); refused, with the candidates, when it names several."""
+    from .errors import StateError
+
+    try:
+        known = store_of().completion_ids(now, "any")
+    except StateError:
+        return text
+    found = [i for i in known if i.startswith(text)]
+    if text in found or len(found) != 1:
+        if len(found) > 1 and text not in found:
+            raise AmbiguousId(_ambiguous(text, found))
+        return text
+    return found[0]
+
+
+class AmbiguousId(UserError):
+    """An id prefix naming several messages (exit 5, as retry and cancel)."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
 def _ambiguous(text: str, ids: list[str], shown: int = 10) -> str:
     """One line for an id prefix that names several messages, with the candidates."""
     more = f" and {len(ids) - shown} more" if len(ids) > shown else ""

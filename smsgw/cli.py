@@ -355,7 +355,8 @@ def messages(c: Ctx, states: tuple[str, ...], number: str | None, direction: str
 @click.option("--since", metavar="WHEN",
               help="Only events since WHEN: a time back from now (2h, 30m, 1h30m, 1d) or "
                    "a date and time in UTC (2026-12-07, 2026-12-07T09:00).")
-@click.option("--id", "msg_id", metavar="ID", help="Only lines naming this message.")
+@click.option("--id", "msg_id", metavar="ID",
+              help="Only lines naming this message (its id, or a unique prefix of it).")
 @click.option("--level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
                                            case_sensitive=False),
               help="Only events of this level and above (WARNING: warnings and errors).")
@@ -364,11 +365,14 @@ def log_cmd(c: Ctx, follow: bool, lines: int, since: str | None, msg_id: str | N
             level: str | None) -> None:
     """Show the event log: what the gateway and the operator did, one event a line, in
     UTC, with the message id. Reads the rotated files too (smsgw.log.3 .. smsgw.log)."""
-    from .actions import when
+    from .actions import log_id, when
     from .eventlog import Filter, show
     from .models import utcnow
 
-    wanted = Filter(since=when(since, "--since", utcnow()) if since else None, msg_id=msg_id,
+    now = utcnow()
+    if msg_id is not None:
+        msg_id = log_id(c.store, msg_id, now)
+    wanted = Filter(since=when(since, "--since", now) if since else None, msg_id=msg_id,
                     level=level)
     show(c.paths.log_file, lines, wanted, follow, click.echo)
 

@@ -159,6 +159,7 @@ class Gateway:
         # must not empty the rate window.
         self._sent: list[tuple[float, int]] = []
         self._last_tick: tuple[datetime, float] | None = None
+        self._rate_waiting: set[str] = set()  # ids whose wait for the rate budget was logged
         self.stopping = False
         self._born = self.monotonic()  # for the health report's uptime
         self._health_at: datetime | None = None  # the last health sample (None: none yet)
@@ -469,6 +470,8 @@ class Gateway:
         mono_used, mono_wait = self._recent_parts()
         used = max(log.used(u.now), mono_used)
         left = self.settings.max_parts_per_minute - used
+        if not used:
+            self._rate_waiting.clear()  # nothing in the window: nobody waits any more
         if cost > left and len(todo) > 1:
             # CDMA parts are SMS of their own: what fits the budget now, the rest later.
             fit, total = [], 0
@@ -481,12 +484,16 @@ class Gateway:
             if fit:
                 todo, cost = fit, total
         if used and cost > left:
-            logger.info("rate limit: %d parts in the last minute; message %s waits", used,
-                        msg.id)
+            # Once per message and wait, not once per cycle: a backlog would fill the log.
+            level = logging.DEBUG if msg.id in self._rate_waiting else logging.INFO
+            self._rate_waiting.add(msg.id)
+            logger.log(level, "rate limit: %d parts in the last minute; message %s waits",
+                       used, msg.id)
             waits = [t for t in (log.next_free(u.now),
                                  None if mono_wait is None else u.now + timedelta(
                                      seconds=mono_wait)) if t is not None]
             return _RateLimited(max(waits) if waits else u.now)
+        self._rate_waiting.discard(msg.id)
         for i in todo:
             msg.parts[i].move(PartState.SENDING)
             msg.parts[i].handoff = u.now

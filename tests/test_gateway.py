@@ -892,6 +892,23 @@ def test_rate_limit_30_parts_per_minute_in_arrival_order(make_rig: Callable[...,
     assert_clean(rig.webapp)
 
 
+def test_a_wait_for_the_rate_budget_is_logged_once_per_message_not_every_cycle(
+        make_rig: Callable[..., Rig], clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    rig = make_rig(settings=Settings(max_parts_per_minute=1))
+    first = rig.webapp.queue("+254700000001", "goes first")
+    second = rig.webapp.queue("+254700000002", "waits a minute")
+    with caplog.at_level(logging.DEBUG, logger="smsgw"):
+        for _ in range(6):  # within the minute: the second waits every cycle
+            rig.cycle()
+            clock.advance(5)
+        run_until(rig, lambda: rig.webapp.status_of(second) == "SENT", limit=40)
+    waits = [r for r in caplog.records if "rate limit" in r.getMessage()
+             and second in r.getMessage()]
+    assert len(waits) > 1, waits  # it did wait several cycles
+    assert [r.levelno for r in waits].count(logging.INFO) == 1, waits
+    assert rig.webapp.status_of(first) == "SENT"
+
+
 # --- CDMA mode --------------------------------------------------------------------------------
 
 LONG = " ".join(f"word{i:03d}" for i in range(60))[:400]

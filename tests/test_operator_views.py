@@ -464,3 +464,19 @@ def test_sent_messages_count_their_sms_parts_over_the_fakes(
     assert "message f-2: SENDING -> PENDING: handed to the phone, to +15551230002, 3 SMS " \
         "parts" in log, log
     assert "message f-2: PENDING -> SENT" in log, log
+
+
+def test_log_id_takes_a_unique_prefix_as_retry_and_cancel_do(smsgw: SmsgwRunner) -> None:
+    first = ok(smsgw("send", "+15550001111", "first")).split()[1]
+    second = ok(smsgw("send", "+15550002222", "second")).split()[1]
+    prefix = next(first[:n] for n in range(7, len(first)) if not second.startswith(first[:n]))
+    lines = ok(smsgw("log", "--id", prefix)).splitlines()
+    assert lines and all(first in line for line in lines), lines
+    assert not any(second in line for line in lines), lines
+    # "local-" names both: refused in one line, the candidates listed (exit 5, as retry)
+    both = smsgw("log", "--id", "local-")
+    assert both.returncode == ExitCode.NOT_FOUND, both.stderr
+    assert both.stderr.startswith("smsgw: error: local-: ambiguous id prefix, matches 2")
+    assert first in both.stderr and second in both.stderr
+    # an id the state does not know (older than the archive) is looked for as given
+    assert ok(smsgw("log", "--id", "gone-1")) == ""
