@@ -160,8 +160,13 @@ def test_no_second_send_after_restoring_a_backup_older_than_the_archive(
     assert not json.loads(smsgw.state_file.read_text(encoding="utf-8")).get("outgoing")
     assert fake_termux.call_count("termux-sms-send") == 2
 
+    _, before = smsgw.status_json()
+    assert before["counters"]["all_time"]["sent"] == 2
     out = smsgw.ok("restore", str(path), offset=90)
     assert "2 message(s) finished since the backup" in out, out
+    # the bookkeeping of the current state is kept: the counts do not go back to the backup's
+    _, after = smsgw.status_json()
+    assert after["counters"] == before["counters"], (before["counters"], after["counters"])
     smsgw.ok("run", "--once", offset=140)
     smsgw.ok("run", "--once", offset=200)
     # The phone sent each once; the webapp heard SENT last, and never less after it.

@@ -38,7 +38,6 @@ from .store import RECENT_KEYS
 logger = logging.getLogger(__name__)
 
 # Values beside the records that a current state knows newer than any backup.
-_NEWER_META = ("inbox_position", "inbox_keys", "forward_since", "used_rows", "send_log")
 KEEP = 7  # backups kept, the daily ones and those of `smsgw backup` alike
 FOLDER = "backups"
 _NAME = re.compile(r"state-(\d{8}T\d{6}Z)(?:-(\d+))?\.json")
@@ -212,17 +211,19 @@ def restore(state_dir: Path, source: Path, now: datetime) -> Restored:
 
 
 def _take_newer(data: dict[str, Any], current: dict[str, Any] | None) -> int:
-    """Take each outgoing record of a current state that loads: it is newer than the
-    backup's (a message handed to the phone since must not go back to UNSENT)."""
+    """Take each outgoing record of a current state that loads, and its bookkeeping: they
+    are newer than the backup's (a message handed to the phone since must not go back to
+    UNSENT; an alert sent since must not be sent again; a count must not go back)."""
     if current is None:
         return 0
     out = data.setdefault("outgoing", {})
     where = {_ref(doc): key for key, doc in out.items()}
     meta = data.setdefault("meta", {}).setdefault("1", {})
     now_meta = (current.get("meta") or {}).get("1") or {}
-    for name in _NEWER_META:  # where the phone was read up to, and its rows already used
-        if name in now_meta:
-            meta[name] = now_meta[name]
+    # The current bookkeeping is newer in every respect: where the phone was read up to and
+    # its rows already used, the counters, the alerts already sent, the rate log, the days
+    # the archive has seen. Only the sequence is merged below.
+    meta.update({name: value for name, value in now_meta.items() if name != "next_seq"})
     next_seq = max(int(meta.get("next_seq", 1)), _next_id(out))
     count = 0
     for doc in (current.get("outgoing") or {}).values():
