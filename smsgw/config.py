@@ -551,14 +551,21 @@ def redact_ping_url(url: str | None) -> str | None:
     healthchecks.io put the secret token in the path (`https://hc-ping.com/***`)."""
     if url is None:
         return None
+    found = _parts_and_host(url)
+    if found is None:
+        return "<invalid URL>"
+    parts, host = found
+    return f"{parts.scheme}://{host}/***"
+
+
+def _parts_and_host(url: str) -> tuple[SplitResult, str] | None:
+    """The URL's parts and its `host[:port]` for display, or None when it has no host or
+    cannot be parsed."""
     try:
         parts = urlsplit(url)
-        if not parts.hostname:
-            return "<invalid URL>"
-        host = _host_port(parts)
+        return (parts, _host_port(parts)) if parts.hostname else None
     except ValueError:
-        return "<invalid URL>"
-    return f"{parts.scheme}://{host}/***"
+        return None
 
 
 _USER_CUT = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^@/?#]*[/?#][^@]*:[^@]*@[^@/?#]+(?:[/?#].*)?$",
@@ -604,13 +611,10 @@ def redact_url(url: str | None) -> str | None:
     that stands alone (a token, see url_secrets) too."""
     if url is None:
         return None
-    try:
-        parts = urlsplit(url)
-        if not parts.hostname:
-            return "<invalid URL>"
-        host = _host_port(parts)
-    except ValueError:
+    found = _parts_and_host(url)
+    if found is None:
         return "<invalid URL>"
+    parts, host = found
     if parts.username is not None:
         user = (parts.username + ":***" if parts.password is not None
                 else "***" if parts.username else "")
