@@ -326,3 +326,28 @@ def test_no_daemon_starts_while_a_restore_runs(smsgw: Smsgw, tmp_path: Path) -> 
         code = restore.wait(timeout=60)
     assert code == 0, (tmp_path / "restore.out").read_text()
     assert daemon_running(paths) is None
+
+
+def test_restore_over_a_state_that_loads_never_brings_back_a_message_the_archive_forgot(
+        smsgw: Smsgw, webapp: ReferenceWebapp, fake_termux: FakeTermux) -> None:
+    a, b, path = _two_messages_one_rate_limited(smsgw, webapp)
+    settings = json.loads(smsgw.config_file.read_text(encoding="utf-8"))
+    settings["retention_days"] = 1
+    smsgw.config_file.write_text(json.dumps(settings), encoding="utf-8")
+    fake_termux.set_mode(clock_offset=70)
+    smsgw.ok("run", "--once", offset=70)
+    smsgw.ok("run", "--once", offset=80)
+    assert (smsgw.state_of(a), smsgw.state_of(b)) == ("SENT", "SENT")
+    # Days pass (the gateway sees each): the archive's day file of A and B is dropped.
+    for day in range(1, 5):
+        fake_termux.set_mode(clock_offset=day * DAY)
+        smsgw.ok("run", "--once", offset=day * DAY)
+    archive = smsgw.home / "state" / "archive"
+    assert not any(a in p.read_text(encoding="utf-8") for p in archive.iterdir()
+                   if p.is_file()), "the archive still knows A: the test proves nothing"
+    smsgw.ok("restore", str(path), offset=4 * DAY + 10)
+    # The backup had A PENDING and B UNSENT; the current state (which loads) has neither:
+    # they left for the archive, so they stay gone and nothing is sent again.
+    assert not json.loads(smsgw.state_file.read_text(encoding="utf-8")).get("outgoing")
+    smsgw.ok("run", "--once", offset=4 * DAY + 20)
+    assert fake_termux.call_count("termux-sms-send") == 2

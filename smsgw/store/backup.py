@@ -217,6 +217,13 @@ def _take_newer(data: dict[str, Any], current: dict[str, Any] | None) -> int:
     if current is None:
         return 0
     out = data.setdefault("outgoing", {})
+    # A record leaves the active queue only for the archive, so one the backup has and the
+    # current state has not has finished since: it must not come back, even when its day
+    # file has already left the archive (a short retention, an old backup).
+    current_refs = {_ref(doc) for doc in (current.get("outgoing") or {}).values()}
+    gone = [key for key, doc in out.items() if _ref(doc) not in current_refs]
+    for key in gone:
+        del out[key]
     where = {_ref(doc): key for key, doc in out.items()}
     meta = data.setdefault("meta", {}).setdefault("1", {})
     now_meta = (current.get("meta") or {}).get("1") or {}
