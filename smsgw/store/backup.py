@@ -197,9 +197,9 @@ def restore(state_dir: Path, source: Path, now: datetime) -> Restored:
                 current = _load(target, "the state file")
             except UserError:
                 current = None  # damaged: the backup replaces it as it is
-        newer = _take_newer(data, current)
+        newer, gone = _take_newer(data, current)
         waiting = _take_queues(data, current)
-        dropped = _drop_finished(data, Archive(state_dir / "archive"))
+        dropped = gone + _drop_finished(data, Archive(state_dir / "archive"))
         aside = _keep_aside(target, now) if target.exists() else None
         try:
             atomic_write_text(target, json.dumps(data, separators=(",", ":")))
@@ -210,20 +210,20 @@ def restore(state_dir: Path, source: Path, now: datetime) -> Restored:
     return Restored(source, aside, dropped, newer, *waiting)
 
 
-def _take_newer(data: dict[str, Any], current: dict[str, Any] | None) -> int:
-    """Take each outgoing record of a current state that loads, and its bookkeeping: they
+def _take_newer(data: dict[str, Any], current: dict[str, Any] | None) -> tuple[int, list[str]]:
+    """Take each outgoing record of a current state that loads, and its bookkeeping (and
+    drop, returning their ids, the backup's records it no longer has): they
     are newer than the backup's (a message handed to the phone since must not go back to
     UNSENT; an alert sent since must not be sent again; a count must not go back)."""
     if current is None:
-        return 0
+        return 0, []
     out = data.setdefault("outgoing", {})
     # A record leaves the active queue only for the archive, so one the backup has and the
     # current state has not has finished since: it must not come back, even when its day
     # file has already left the archive (a short retention, an old backup).
     current_refs = {_ref(doc) for doc in (current.get("outgoing") or {}).values()}
-    gone = [key for key, doc in out.items() if _ref(doc) not in current_refs]
-    for key in gone:
-        del out[key]
+    gone = [str(out.pop(key)["id"]) for key, doc in list(out.items())
+            if _ref(doc) not in current_refs]
     where = {_ref(doc): key for key, doc in out.items()}
     meta = data.setdefault("meta", {}).setdefault("1", {})
     now_meta = (current.get("meta") or {}).get("1") or {}
@@ -243,7 +243,7 @@ def _take_newer(data: dict[str, Any], current: dict[str, Any] | None) -> int:
             out[key] = doc
             count += 1
     meta["next_seq"] = max(next_seq, _next_id(out))
-    return count
+    return count, gone
 
 
 def _take_queues(data: dict[str, Any], current: dict[str, Any] | None) -> tuple[int, int]:
