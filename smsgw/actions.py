@@ -104,7 +104,10 @@ def configure(paths: Paths, store_of: Any, *, url: str | None, check: bool,
     changed = bool(changes)
     from .config import record_folders
 
-    record_folders(paths)  # for the watchdog, boot and Tasker scripts (no SMSGW_HOME there)
+    # for the watchdog, boot and Tasker scripts (no SMSGW_HOME there)
+    followed_elsewhere = record_folders(paths)
+    if followed_elsewhere:
+        result.err.append(f"note: {followed_elsewhere}")
     if changed:
         save_settings(paths, new)
         result.out.append(f"saved to {paths.config_file}")
@@ -675,7 +678,9 @@ def run(paths: Paths, settings: Settings, store: Store, phone: Any, *, once: boo
     assert settings.url is not None
     from .config import record_folders
 
-    record_folders(paths)  # for the watchdog, boot and Tasker scripts (no SMSGW_HOME there)
+    followed_elsewhere = record_folders(paths)  # for the watchdog, boot and Tasker scripts
+    if followed_elsewhere:
+        logger.warning("%s", followed_elsewhere)
     webapp = WebappClient(settings.url, connect_timeout=settings.connect_timeout,
                           read_timeout=settings.read_timeout, ca_bundle=settings.ca_bundle,
                           compress_requests=settings.compress_requests,

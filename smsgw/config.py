@@ -962,26 +962,64 @@ def folders_file() -> Path:
     return Path(os.environ.get("HOME") or str(Path.home())) / FOLDERS_FILE
 
 
+def _home() -> Path:
+    return Path(os.environ.get("HOME") or str(Path.home()))
+
+
+def _default_folders() -> Paths:
+    """The folders the scripts use when folders_file() names none."""
+    return Paths(config_dir=_home() / ".config" / APP_NAME,
+                 data_dir=_home() / ".local" / "share" / APP_NAME)
+
+
 def folders_text(paths: Paths) -> str | None:
     """What folders_file() holds for `paths`: the variables that give smsgw these folders
-    (VAR=value lines, which the scripts export), or None for the default folders."""
-    home = Path(os.environ.get("HOME") or str(Path.home()))
-    if paths == Paths(config_dir=home / ".config" / APP_NAME,
-                      data_dir=home / ".local" / "share" / APP_NAME):
+    (VAR=value lines, which the scripts export; absolute, as the scripts run from another
+    folder), or None for the default folders."""
+    paths = Paths(config_dir=paths.config_dir.absolute(), data_dir=paths.data_dir.absolute())
+    if paths == _default_folders():
         return None
     if paths.config_dir == paths.data_dir:
         return f"SMSGW_HOME={paths.data_dir}\n"
     return f"XDG_DATA_HOME={paths.data_dir.parent}\nXDG_CONFIG_HOME={paths.config_dir.parent}\n"
 
 
-def record_folders(paths: Paths) -> None:
-    """Name `paths` in folders_file() when they are not the default ones (remove it when
-    they are), so the watchdog, boot and Tasker scripts use the same folders."""
+def recorded_folders() -> Paths:
+    """The folders the watchdog, boot and Tasker scripts use: those folders_file() names,
+    read as the scripts read it, or the default ones."""
+    try:
+        lines = folders_file().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return _default_folders()
+    named = dict(line.split("=", 1) for line in lines if "=" in line)
+    if named.get("SMSGW_HOME"):
+        root = Path(named["SMSGW_HOME"])
+        return Paths(config_dir=root, data_dir=root)
+    default = _default_folders()
+    return Paths(
+        config_dir=Path(named["XDG_CONFIG_HOME"]) / APP_NAME if named.get("XDG_CONFIG_HOME")
+        else default.config_dir,
+        data_dir=Path(named["XDG_DATA_HOME"]) / APP_NAME if named.get("XDG_DATA_HOME")
+        else default.data_dir)
+
+
+def record_folders(paths: Paths) -> str | None:
+    """Make the watchdog, boot and Tasker scripts use `paths`: name them in folders_file()
+    (or remove it for the default ones). Another gateway that file already names, one with
+    its own config.json, keeps them: a trial elsewhere must not take the phone's watchdog
+    away. Returns what to tell the user then."""
+    followed = recorded_folders()
+    mine = Paths(config_dir=paths.config_dir.absolute(), data_dir=paths.data_dir.absolute())
     file = folders_file()
-    text = folders_text(paths)
+    if followed != mine and file.exists() and followed.config_file.exists():
+        return (f"the watchdog, boot and Tasker scripts follow the smsgw in {followed.data_dir}, "
+                f"not this one ({mine.data_dir}); to make them follow this one, remove "
+                f"{file} and run `smsgw config` here")
+    text = folders_text(mine)
     with contextlib.suppress(OSError):  # best effort: `smsgw doctor` says when it is wrong
         if text is None:
             with contextlib.suppress(FileNotFoundError):
                 file.unlink()
         elif not file.exists() or file.read_text(encoding="utf-8") != text:
             atomic_write_text(file, text)
+    return None

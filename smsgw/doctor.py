@@ -110,28 +110,26 @@ def check_service() -> Check:
 
 
 def check_folders() -> Check:
-    """The scripts (watchdog, boot, Tasker) get no shell variables: the folders set with
-    SMSGW_HOME or XDG_* must be recorded for them."""
-    from .config import default_paths, folders_file, folders_text
+    """The scripts (watchdog, boot, Tasker) get no shell variables: they use the folders
+    recorded in ~/.smsgw-folders, or the default ones; say when those are not these."""
+    from .config import default_paths, folders_file, recorded_folders
 
     name = "folders for the scripts"
-    named = [v for v in ("SMSGW_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME") if os.environ.get(v)]
-    if not named:
-        return Check(name, True, "the default folders (no SMSGW_HOME or XDG_* set)")
-    paths = default_paths()
-    want = folders_text(paths)
-    file = folders_file()
-    try:
-        have: str | None = file.read_text(encoding="utf-8")
-    except OSError:
-        have = None
-    if want is not None and have != want:
-        return Check(name, False, f"{', '.join(named)} set here, but {file} does not name "
-                     f"{paths.data_dir}: the watchdog, boot and Tasker scripts (which do not "
-                     "get your shell's variables) would look in the default folders",
-                     "run `smsgw config` once in this shell (it records the folders there)")
-    return Check(name, True, f"{paths.data_dir} ({', '.join(named)}), recorded for the scripts"
-                 if want is not None else f"{paths.data_dir}")
+    here = default_paths()
+    here = type(here)(config_dir=here.config_dir.absolute(), data_dir=here.data_dir.absolute())
+    followed = recorded_folders()
+    if followed != here:
+        file = folders_file()
+        fix = (f"to make them follow this one, remove {file} and run `smsgw config` here"
+               if file.exists() else "run `smsgw config` once in this shell (it records the "
+               "folders there)")
+        named = [v for v in ("SMSGW_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")
+                 if os.environ.get(v)]
+        said = f"{', '.join(named)} set here, but " if named else ""
+        return Check(name, False, f"{said}the watchdog, boot and Tasker scripts (which do not "
+                     f"get your shell's variables) use {followed.data_dir}, not "
+                     f"{here.data_dir}", fix)
+    return Check(name, True, f"{here.data_dir}, the folder the scripts use")
 
 
 def check_wake_lock(timeout: float) -> Check:
@@ -238,11 +236,10 @@ def run_checks(settings: Settings, timeout: float,
         results += [skipped(n, NO_COMMANDS) for n in ("Termux:API app", "SMS permission",
                                                        "wake lock")]
     results += [check_boot(), check_service()]
-    # Only where it matters: SMSGW_HOME or XDG_* set, and a script that needs them installed.
+    # Only where it matters: a script that runs smsgw without the user's shell installed.
     home = Path(os.environ.get("HOME", str(Path.home())))
-    if any(os.environ.get(v) for v in ("SMSGW_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")) \
-            and any(p.exists() for p in (boot_script(), watchdog_script(),
-                                         home / ".termux" / "tasker" / "smsgw-sms-received")):
+    if any(p.exists() for p in (boot_script(), watchdog_script(),
+                                home / ".termux" / "tasker" / "smsgw-sms-received")):
         results.append(check_folders())
     results.append(check_webapp(settings, timeout))
     results.append(check_rate_limit(settings, timeout) if phone

@@ -623,3 +623,36 @@ def doctor_watchdog_fix(phone: Phone) -> str:
     fix = next(line for line in done.stdout.splitlines()
                if line.strip().startswith("fix:") and "termux-job-scheduler" in line)
     return fix.split("fix: ", 1)[1]
+
+
+def test_a_trial_elsewhere_never_takes_the_scripts_from_the_configured_gateway(
+        phone: Phone, tmp_path: Path) -> None:
+    webapp: ReferenceWebapp = phone.webapp  # type: ignore[attr-defined]
+    phone.install(HOOK, phone.home / ".termux" / "tasker" / "smsgw-sms-received")
+    own = tmp_path / "my-smsgw"
+    done = phone.run(phone.bin / "smsgw", "config", "--url", webapp.url, "--no-check",
+                     env={"SMSGW_HOME": str(own)})
+    assert done.returncode == 0, done.stderr
+    record = phone.home / ".smsgw-folders"
+    assert record.read_text() == f"SMSGW_HOME={own}\n"
+    # A trial in another folder (a relative SMSGW_HOME, as the README's /tmp/smsgw-try)
+    # leaves the record as it is, and says so.
+    trial = phone.run(phone.bin / "smsgw", "config", "--url", webapp.url, "--no-check",
+                      env={"SMSGW_HOME": "trial"})
+    assert trial.returncode == 0, trial.stderr
+    assert record.read_text() == f"SMSGW_HOME={own}\n"
+    assert f"the watchdog, boot and Tasker scripts follow the smsgw in {own}" in trial.stderr
+    # Nor does a gateway in the default folders remove it.
+    default = phone.run(phone.bin / "smsgw", "config", "--url", webapp.url, "--no-check")
+    assert default.returncode == 0, default.stderr
+    assert record.read_text() == f"SMSGW_HOME={own}\n"
+    # doctor in the default folders says the scripts follow another gateway, and how to switch
+    done = phone.run(phone.bin / "smsgw", "doctor", "--timeout", "5")
+    assert f"use {own}, not" in done.stdout and f"remove {record}" in done.stdout, done.stdout
+    # Once the record is gone, a gateway in a relative folder is recorded absolute.
+    record.unlink()
+    again = phone.run(phone.bin / "smsgw", "config", "--interval", "60",
+                      env={"SMSGW_HOME": "trial"})
+    assert again.returncode == 0, again.stderr
+    text = record.read_text() if record.exists() else ""
+    assert text.startswith("SMSGW_HOME=/") and text.rstrip().endswith("/trial"), text
