@@ -857,3 +857,14 @@ def test_a_backlog_paced_by_the_rate_limit_is_not_stuck_and_alerts_go_first(
     for _ in range(10):
         rig.cycle(1)
     assert rig.alerts_sent() == [alert]  # never "sends stuck"
+
+
+def test_a_queue_that_does_not_move_is_still_stuck(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(confirm_timeout=300)
+    rig.gateway.send_due = lambda report: None  # type: ignore[method-assign]  # a send step that never runs
+    for k in range(3):
+        rig.webapp.queue("+254700000123", f"waits {k}", id=f"s{k}")
+    for _ in range(4):
+        rig.cycle(2)
+    assert rig.summary()["alerts"]["last_sent"]["text"] == (
+        "smsgw alert: sends stuck: 3 messages due but not sent for over 5 min")
