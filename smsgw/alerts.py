@@ -33,7 +33,9 @@ DELAYED = (WEBAPP, PHONE)  # alert only once observed for `after`
 
 BATTERY_LOW = 15  # percent, on battery: alert
 BATTERY_OK = 20  # percent: recovered (or plugged in); the gap stops flapping at 15 %
-SAMPLE_STALE = timedelta(hours=2)  # an older health sample says nothing about the battery
+# An older health sample says nothing about the battery; the gateway passes
+# max(SAMPLE_STALE, 2 * its health period), as a long --interval samples less often.
+SAMPLE_STALE = timedelta(hours=2)
 SMS_CHARS = 160  # one GSM-7 SMS
 
 
@@ -85,12 +87,18 @@ def _ordered(keys: Iterable[str]) -> list[str]:
 
 
 # conditions from observations --------------------------------------------------------------
-def battery_problem(health: PhoneHealth | None, now: datetime, was_low: bool) -> str | None:
+def battery_known(health: PhoneHealth | None, now: datetime,
+                  stale: timedelta = SAMPLE_STALE) -> bool:
+    """Whether the last sample tells the battery's level: read, and not older than `stale`."""
+    return health is not None and health.at is not None \
+        and health.battery_percent is not None and timedelta(0) <= now - health.at <= stale
+
+
+def battery_problem(health: PhoneHealth | None, now: datetime, was_low: bool,
+                    stale: timedelta = SAMPLE_STALE) -> str | None:
     """`battery low` while the last sample shows <= BATTERY_LOW % on battery, and until it
     shows BATTERY_OK % or the phone plugged in; None with no recent sample."""
-    if health is None or health.at is None or health.battery_percent is None:
-        return None
-    if not timedelta(0) <= now - health.at <= SAMPLE_STALE:
+    if health is None or health.battery_percent is None or not battery_known(health, now, stale):
         return None
     if health.on_power:
         return None
@@ -100,6 +108,16 @@ def battery_problem(health: PhoneHealth | None, now: datetime, was_low: bool) ->
     if health.on_power is None:
         return f"{health.battery_percent}% (the phone does not say whether it is plugged in)"
     return f"{health.battery_percent}% and not plugged in"
+
+
+def battery_condition(health: PhoneHealth | None, now: datetime, low_now: str | None,
+                      stale: timedelta = SAMPLE_STALE) -> str | None:
+    """The battery condition to observe: `low_now` (the episode's last text, None when
+    none is active) stays while the battery is unknown (a failed read) or its sample is
+    stale; an unread battery is no recovery."""
+    if low_now is not None and not battery_known(health, now, stale):
+        return low_now
+    return battery_problem(health, now, low_now is not None, stale)
 
 
 def stuck_problem(now: datetime, handoffs: Iterable[datetime | None], late: int,

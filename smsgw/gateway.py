@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from . import alerts, retry, segment
-from .alertstate import AlertState
+from .alertstate import AlertState, Episode
 from .config import Settings, scrub_secrets, secrets_of
 from .errors import PhoneError, StateError, WebappError
 from .health import PhoneHealth
@@ -324,6 +324,8 @@ class Gateway:
             return None  # the phone did not answer just now: no more hangs this cycle
         read = getattr(self.phone, "read_health", None)
         health = read() if read is not None else None
+        if self.stopping:
+            return None  # cut by a stop (Ctrl-C twice): it says nothing about the phone
         self._health_at = now
         if health is None:
             return None
@@ -346,9 +348,10 @@ class Gateway:
 
         def step(u: Unit, failing: ExchangeProblem | None
                  ) -> tuple[AlertState, list[alerts.Alert]]:
+            before = u.phone_health
             if sample is not None:
                 u.phone_health = sample
-            health = sample if sample is not None else u.phone_health
+            health = sample if sample is not None else before
             state = u.alert_state
             problems: dict[str, str] = {}
             if self.webapp is not None and failing is not None:
@@ -362,15 +365,34 @@ class Gateway:
                 problems[alerts.PHONE] = phone.text
             elif health is not None and health.timed_out and health.problem:
                 # Only a hang is "not answering": a missing permission or an odd answer
-                # is shown by `smsgw status`, not paged every --alert-every.
-                problems[alerts.PHONE] = health.problem
+                # is shown by `smsgw status`, not paged every --alert-every. One hang is a
+                # blip (the phone may answer every other call until the next sample, 40
+                # min at the default interval): a new sample that hangs after one that
+                # hung too starts the episode, from the first; between samples it lasts
+                # only while that episode does.
+                if sample is not None and before is not None and before.timed_out \
+                        and before.at is not None:
+                    problems[alerts.PHONE] = health.problem
+                    if alerts.PHONE not in state.active:
+                        state = replace(state, active={
+                            **state.active,
+                            alerts.PHONE: Episode(before.at, health.problem)})
+                elif sample is None and alerts.PHONE in state.active:
+                    problems[alerts.PHONE] = health.problem
             unknown = sum(1 for f in u.failures
                           if f.reason == UNKNOWN_OUTCOME and timedelta(0) <= now - f.at <= confirm)
-            stuck = alerts.stuck_problem(now, u.awaiting_handoffs(), len(u.due(now - confirm)),
-                                         unknown, confirm)
+            # A backlog paced by the rate limit is moving, not stuck: messages count as
+            # late only when no part was handed over for confirm_timeout.
+            handed = [at for at, _ in u.rate_log.entries]
+            moving = bool(handed) and now - max(handed) <= confirm
+            late = 0 if moving else len(u.due(now - confirm))
+            stuck = alerts.stuck_problem(now, u.awaiting_handoffs(), late, unknown, confirm)
             if stuck:
                 problems[alerts.STUCK] = stuck
-            low = alerts.battery_problem(health, now, alerts.BATTERY in state.active)
+            battery = state.active.get(alerts.BATTERY)
+            low = alerts.battery_condition(
+                health, now, battery.text if battery is not None else None,
+                max(alerts.SAMPLE_STALE, 2 * self.health_period()))
             if low:
                 problems[alerts.BATTERY] = low
             secrets = secrets_of(self.settings)
@@ -407,7 +429,8 @@ class Gateway:
         return [Part(text=t) for t in texts]
 
     def send_due(self, report: CycleReport) -> None:
-        """Send due messages in arrival order, within the rate budget.
+        """Send due messages in arrival order, alerts to the operator first, within the
+        rate budget.
 
         One state write per message: the outcome of one send is saved together with the
         intent of the next (a crash in between leaves the first SENDING, which is

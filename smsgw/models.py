@@ -217,6 +217,8 @@ class Outgoing:
     # SMS parts the text takes (what airtime costs), counted by the gateway when the text
     # arrived and again when it is first handed over; None in records stored before.
     sms_parts: int | None = None
+    # An alert SMS to the operator (a local message): sent before any backlog.
+    alert: bool = False
 
     @property
     def ref(self) -> Ref:
@@ -235,6 +237,8 @@ class Outgoing:
         }
         if self.local:
             d["local"] = True
+        if self.alert:
+            d["alert"] = True
         return d
 
     def _part_dict(self, part: Part) -> dict[str, Any]:
@@ -254,7 +258,7 @@ class Outgoing:
             history=[HistoryEntry.from_dict(h) for h in d.get("history", [])],
             local=d.get("local") is True,
             reported=OutState(d["reported"]) if d.get("reported") else None,
-            sms_parts=d.get("sms_parts"),
+            sms_parts=d.get("sms_parts"), alert=d.get("alert") is True,
         )
 
     def sms_count(self) -> int:

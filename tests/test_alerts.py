@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -582,7 +582,9 @@ def test_only_a_health_read_that_hangs_alerts_as_phone_not_answering(
     config = json.loads(smsgw.config_file.read_text())
     smsgw.config_file.write_text(json.dumps({**config, "list_timeout": 1}))  # a short hang
     fake_termux.set_mode(**modes)
-    for minutes in (0, 11, 20):
+    # One hang is a blip: it alerts once the next sample (40 min later at the default
+    # interval) hangs too, counted from the first.
+    for minutes in (0, 11, 41, 50):
         fake_termux.set_mode(clock_offset=minutes * 60)
         res = smsgw("run", "--once", env={"SMSGW_TEST_CLOCK_OFFSET": str(minutes * 60)})
         assert "Traceback" not in res.stderr, res.stderr
@@ -591,7 +593,7 @@ def test_only_a_health_read_that_hangs_alerts_as_phone_not_answering(
     sent = [r["body"] for r in fake_termux.rows("sent") if r["address"] == ALERT_TO]
     if alerted:
         [alert] = sent
-        assert alert.startswith("smsgw alert: phone not answering for 11 min: "
+        assert alert.startswith("smsgw alert: phone not answering for 41 min: "
                                 "termux-battery-status did not answer within 1 s"), alert
     else:
         assert sent == []
@@ -755,3 +757,114 @@ def test_the_daemon_opens_the_permission_screen_once(
     assert len(fake_termux.provider.screens()) == 1
     _, data = smsgw.status_json()
     assert "not asked again until smsgw restarts" in data["phone_health"]["problem"]
+
+
+# final review findings 1-3 --------------------------------------------------------------------
+HANG = PhoneHealth(problem="termux-battery-status did not answer within 10 s", timed_out=True)
+
+
+def test_one_health_read_that_hangs_is_a_blip_two_in_a_row_alert(
+        make_rig: Callable[..., Rig]) -> None:
+    # The default interval: a sample every 40 min, longer than --alert-after (30 min).
+    rig = make_rig(interval=60)
+    rig.phone.health = HANG
+    rig.cycle(40)  # this sample hangs; the phone answers every other call
+    assert rig.summary()["phone_health"]["timed_out"] is True
+    rig.phone.health = PhoneHealth(battery_percent=80, plugged="UNPLUGGED")
+    for _ in range(45):  # past --alert-after, and the next sample answers
+        rig.cycle(1)
+    assert rig.alerts_sent() == []
+    assert rig.summary()["alerts"]["active"] == {}
+    # Two samples in a row hang: the app does not answer; counted from the first.
+    rig.phone.health = HANG
+    rig.cycle(40)
+    assert rig.alerts_sent() == []
+    rig.cycle(40)
+    assert rig.alerts_sent() == ["smsgw alert: phone not answering for 40 min: "
+                                 "termux-battery-status did not answer within 10 s"]
+    rig.cycle(10)  # between samples the episode lasts while the sample still hangs
+    assert list(rig.summary()["alerts"]["active"]) == ["phone"]
+    rig.phone.health = PhoneHealth(battery_percent=80, plugged="UNPLUGGED")
+    rig.cycle(30)
+    assert rig.alerts_sent()[1:] == ["smsgw ok: phone not answering recovered after 80 min"]
+
+
+def test_a_health_read_cut_by_a_stop_is_not_saved(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    before = rig.summary()["phone_health"]
+
+    def read() -> PhoneHealth:
+        rig.gateway.stop_now()  # the second Ctrl-C arrives during the read
+        return replace(HANG, problem="termux-battery-status: stopping now")
+
+    rig.phone.read_health = read  # type: ignore[method-assign]
+    rig.cycle(20)
+    assert rig.summary()["phone_health"] == before
+    assert rig.alerts_sent() == []
+
+
+def test_a_failed_battery_read_is_no_recovery(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.phone.health = PhoneHealth(battery_percent=10, plugged="UNPLUGGED")
+    rig.cycle(15)
+    assert rig.alerts_sent() == ["smsgw alert: battery low: 10% and not plugged in"]
+    rig.phone.health = PhoneHealth(problem="termux-battery-status: no answer")
+    for _ in range(4):
+        rig.cycle(15)
+    assert rig.summary()["phone_health"]["battery_percent"] is None
+    assert len(rig.alerts_sent()) == 1
+    assert list(rig.summary()["alerts"]["active"]) == ["battery"]
+    rig.phone.health = PhoneHealth(battery_percent=60, plugged="PLUGGED_AC")
+    rig.cycle(15)
+    assert rig.alerts_sent()[1:] == ["smsgw ok: battery low recovered after 75 min"]
+
+
+def test_a_low_battery_lasts_between_samples_with_a_long_interval(
+        make_rig: Callable[..., Rig]) -> None:
+    # --interval 240: a sample every 160 min, longer than SAMPLE_STALE (2 h).
+    rig = make_rig(interval=240)
+    period = rig.gateway.health_period()
+    assert period > alerts.SAMPLE_STALE
+    rig.phone.health = PhoneHealth(battery_percent=10, plugged="UNPLUGGED")
+    rig.cycle(period.total_seconds() / 60)
+    assert rig.alerts_sent() == ["smsgw alert: battery low: 10% and not plugged in"]
+    for _ in range(39):  # every 4 min until just before the next sample
+        rig.cycle(4)
+    assert len(rig.alerts_sent()) == 1
+    assert list(rig.summary()["alerts"]["active"]) == ["battery"]
+
+
+def test_a_backlog_paced_by_the_rate_limit_is_not_stuck_and_alerts_go_first(
+        make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(interval=60, max_parts_per_minute=10, confirm_timeout=300)
+    for k in range(400):
+        rig.webapp.queue("+254700000123", f"backlog {k}", id=f"b{k}")
+    rig.cycle(1)
+    rig.webapp.set_fault("status", count=10000, status=503)
+    for _ in range(30):  # the first failure, then 29 min
+        rig.cycle(1)
+    assert rig.alerts_sent() == []
+    sent = len(rig.phone.sends)
+    rig.cycle(1)  # the webapp has failed for 30 min: the alert is queued
+    assert rig.summary()["alerts"]["last_sent"]["condition"] == "webapp"
+    for _ in range(2):  # the next send the rate budget allows is the alert
+        rig.cycle(1)
+    [alert] = rig.alerts_sent()
+    assert alert.startswith("smsgw alert: webapp failing for 30 min"), alert
+    assert rig.phone.sends[sent] == (ALERT_TO, alert)
+    with rig.store.unit(rig.clock()) as u:
+        assert len(u.due(rig.clock())) > 50  # a backlog was still waiting behind it
+    for _ in range(10):
+        rig.cycle(1)
+    assert rig.alerts_sent() == [alert]  # never "sends stuck"
+
+
+def test_a_queue_that_does_not_move_is_still_stuck(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(confirm_timeout=300)
+    rig.gateway.send_due = lambda report: None  # type: ignore[method-assign]  # a send step that never runs
+    for k in range(3):
+        rig.webapp.queue("+254700000123", f"waits {k}", id=f"s{k}")
+    for _ in range(4):
+        rig.cycle(2)
+    assert rig.summary()["alerts"]["last_sent"]["text"] == (
+        "smsgw alert: sends stuck: 3 messages due but not sent for over 5 min")

@@ -515,7 +515,7 @@ class Store:
             for alert in alerts:
                 msg = Outgoing(id=f"{LOCAL_PREFIX}{uuid.uuid4()}", to=number, content=alert.text,
                                state=OutState.UNSENT, created=now, last_activity=now, due=now,
-                               local=True)
+                               local=True, alert=True)
                 u.create(msg)
                 u.note(logging.INFO if alert.recovery else logging.WARNING,
                        "%s SMS %s queued to %s: %s", "recovery" if alert.recovery else "alert",

@@ -241,10 +241,12 @@ class Unit:
         return [self._msg(i) for i in self._select(lambda d: True)]
 
     def due(self, now: datetime) -> list[Ref]:
-        """UNSENT messages whose (re)try time has come, in arrival order."""
-        return [self._ref_of(self._view(i)) for i in self._select(
+        """UNSENT messages whose (re)try time has come, in arrival order, alerts to the
+        operator first (an alert must not wait behind a backlog paced by the rate limit)."""
+        docs = [self._view(i) for i in self._select(
             lambda d: d["state"] == OutState.UNSENT.value
             and (d.get("due") is None or from_iso(d["due"]) <= now))]  # type: ignore[operator]
+        return [self._ref_of(d) for d in sorted(docs, key=lambda d: d.get("alert") is not True)]
 
     def unsent_since_before(self, cutoff: datetime) -> list[Outgoing]:
         """UNSENT messages that arrived before `cutoff` (for the time-to-live)."""
