@@ -333,8 +333,8 @@ class Daemon:
             if job is self._job:
                 if self._due is not None and time.monotonic() >= self._due:
                     job.next_run = min(job.next_run or now, now)
-            elif job.next_run is not None and job.period is not None and \
-                    job.next_run - now > job.period + timedelta(seconds=1):
+            elif job.next_run is not None and job.unit == "seconds" and \
+                    job.next_run - now > timedelta(seconds=float(job.interval) + 1):
                 job.next_run = now  # a watcher, late by the step: check it now
 
     def _idle(self) -> float:

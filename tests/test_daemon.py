@@ -113,6 +113,8 @@ def test_the_wall_clock_stepping_back_does_not_hold_the_next_cycle(tmp_path, mon
 
     gateway = StepsTheClock(["ok"])
     daemon = make(tmp_path, gateway, interval=3, max_cycles=2)
+    checks: list[dt.timedelta] = []  # a watcher (every 1 s): checks after the step too
+    daemon.add_watcher(1, lambda: checks.append(SteppedBack.back) and False)
     guard = threading.Timer(60, os.kill, (os.getpid(), signal.SIGTERM))  # a hang guard
     guard.start()
     try:
@@ -121,3 +123,4 @@ def test_the_wall_clock_stepping_back_does_not_hold_the_next_cycle(tmp_path, mon
         guard.cancel()
     assert SteppedBack.back == dt.timedelta(hours=1)  # the clock did step back meanwhile
     assert gateway.calls == 2  # the second cycle ran, not cut short by the hang guard
+    assert dt.timedelta(hours=1) in checks  # and the watcher ran after the step
