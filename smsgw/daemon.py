@@ -325,14 +325,14 @@ class Daemon:
         return ExitCode.OK
 
     def _catch_up(self) -> None:
-        """Make schedule run what is due though the wall clock stepped back (set by hand,
-        by the network, DST): schedule plans on naive datetime.now(), which would then
-        hold the cycle for as long as the clock went back."""
+        """Keep schedule to the monotonic clock though the wall clock steps (set by hand,
+        by the network, DST): schedule plans on naive datetime.now(), which would hold
+        the cycle for as long as the clock went back (or run it early when it jumps on)."""
         now = datetime.now()
         for job in self.scheduler.jobs:
             if job is self._job:
-                if self._due is not None and time.monotonic() >= self._due:
-                    job.next_run = min(job.next_run or now, now)
+                if self._due is not None:
+                    job.next_run = now + timedelta(seconds=max(0.0, self._due - time.monotonic()))
             elif job.next_run is not None and job.unit == "seconds" and \
                     job.next_run - now > timedelta(seconds=float(job.interval) + 1):
                 job.next_run = now  # a watcher, late by the step: check it now
