@@ -208,13 +208,15 @@ class Daemon:
 
         self.scheduler = schedule.Scheduler()
         self._job: schedule.Job | None = None
+        self._due: float | None = None  # when the cycle job is due, on the monotonic clock
         self._stop_signal: int | None = None
         self._stops = 0  # stop signals received
         self._woken = False
         self._pipe: tuple[int, int] | None = None
         self._failures = 0
         self._immediate = 0
-        self._follow_up = False  # the next cycle was woken: cycle again WAKE_FOLLOW_UP later
+        # After a wake-up, one cycle at this time (monotonic) or later, whatever comes between.
+        self._follow_up_at: float | None = None
         self.last_report: CycleReport | None = None
         self.heartbeat: Callable[[CycleReport | None], None] | None = None  # after each cycle
 
@@ -299,15 +301,15 @@ class Daemon:
         try:
             self._plan(0)
             while self._stop_signal is None:
+                self._catch_up()
                 self.scheduler.run_pending()
                 if self._stop_signal is not None or self._done():
                     break
-                delay = self.scheduler.idle_seconds
-                self._wait(self.interval if delay is None else max(0.0, delay))
+                self._wait(self._idle())
                 if self._woken and self._stop_signal is None:
                     self._woken = False
                     logger.info("woken for an immediate cycle")
-                    self._follow_up = True
+                    self._follow_up_at = time.monotonic() + WAKE_FOLLOW_UP
                     self._plan(0)
             if self._stop_signal is not None:
                 logger.info("signal %s: stopping after the current cycle",
@@ -321,6 +323,27 @@ class Daemon:
             self._pipe = None
             logger.info("smsgw stopped after %d cycles", self.cycles)
         return ExitCode.OK
+
+    def _catch_up(self) -> None:
+        """Keep schedule to the monotonic clock though the wall clock steps (set by hand,
+        by the network, DST): schedule plans on naive datetime.now(), which would hold
+        the cycle for as long as the clock went back (or run it early when it jumps on)."""
+        now = datetime.now()
+        for job in self.scheduler.jobs:
+            if job is self._job:
+                if self._due is not None:
+                    job.next_run = now + timedelta(seconds=max(0.0, self._due - time.monotonic()))
+            elif job.next_run is not None and job.unit == "seconds" and \
+                    job.next_run - now > timedelta(seconds=float(job.interval) + 1):
+                job.next_run = now  # a watcher, late by the step: check it now
+
+    def _idle(self) -> float:
+        """Seconds until the next job is due: the cycle by the monotonic clock."""
+        idle = self.scheduler.idle_seconds
+        wait = float(self.interval) if idle is None else max(0.0, idle)
+        if self._due is not None:
+            wait = min(wait, max(0.0, self._due - time.monotonic()))
+        return wait
 
     def _done(self) -> bool:
         return self.max_cycles is not None and self.cycles >= self.max_cycles
@@ -340,6 +363,12 @@ class Daemon:
 
     def _cycle_job(self) -> Any:
         started = time.monotonic()
+        self._due = None
+        # The follow-up is the first cycle at its time or later (a little early counts:
+        # schedule's clock and the monotonic one tick apart); the cycles before it, such
+        # as those run at once while work remains, do not use it up.
+        if self._follow_up_at is not None and started >= self._follow_up_at - 0.5:
+            self._follow_up_at = None
         report = self._guard(self.gateway.cycle)
         self.last_report = report
         self.cycles += 1
@@ -348,14 +377,13 @@ class Daemon:
         # The interval runs from the start of a cycle, so an SMS waits at most one interval
         # (plus the cycle that picks it up), however long the phone took to answer.
         delay = self._next_delay(report)
-        if self._follow_up:
-            self._follow_up = False
-            delay = min(delay, WAKE_FOLLOW_UP)
         if delay > 0:
             # Start a little early so the work of the next cycle (an inbox call, a POST)
             # also fits within the interval.
             margin = min(1.0, 0.05 * delay)
             delay = max(0.5, delay - (time.monotonic() - started) - margin)
+        if self._follow_up_at is not None:
+            delay = min(delay, max(0.0, self._follow_up_at - time.monotonic()))
         self._plan(delay)
         import schedule
 
@@ -368,6 +396,8 @@ class Daemon:
         self._job = self.scheduler.every(max(1, round(delay))).seconds.do(self._cycle_job)
         # schedule counts whole seconds from now: set the exact time (naive local, as it keeps).
         self._job.next_run = datetime.now() + timedelta(seconds=max(0.0, delay))
+        # and the monotonic one, which the wall clock stepping back cannot move (_catch_up)
+        self._due = time.monotonic() + max(0.0, delay)
 
     def _next_delay(self, report: CycleReport | None) -> float:
         """When to cycle next: at once while work remains, later while the webapp fails."""

@@ -131,6 +131,7 @@ def _follow(current: Path, wanted: Filter, echo: Callable[[str], None], poll: fl
     inode = None
     showing = False  # whether the event being continued was shown
     partial = ""
+    rotated = False  # the file was renamed: read the old one to its end, then the new one
     try:
         while True:
             if fh is None:
@@ -154,13 +155,23 @@ def _follow(current: Path, wanted: Filter, echo: Callable[[str], None], poll: fl
                 if showing:
                     echo(line)
                 continue
+            if rotated:  # the old file is read to its end: the new file from its start
+                if partial:  # its last line was left without its end: show it all the same
+                    line, partial = partial, ""
+                    at, level = parse_line(line)
+                    if level is not None:
+                        showing = wanted.keep(Entry(at, level, [line]))
+                    if showing:
+                        echo(line)
+                fh.close()
+                fh = None
+                rotated = False
+                continue
             time.sleep(poll)
-            try:
-                if os.stat(current).st_ino != inode:  # rotated: the new file from its start
-                    fh.close()
-                    fh = None
-            except FileNotFoundError:
-                pass
+            # Lines may have been appended to the old file during the sleep, just before
+            # the rotation: read them first (the loop above) on the next turn.
+            with contextlib.suppress(FileNotFoundError):  # renamed, the new not yet there
+                rotated = os.stat(current).st_ino != inode
     finally:
         if fh is not None:
             fh.close()

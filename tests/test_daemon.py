@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import threading
+import types
+
+import schedule
 
 from smsgw.config import Paths
 from smsgw.daemon import MAX_BACKOFF, Daemon, daemon_running
@@ -75,3 +79,48 @@ def test_sigterm_finishes_the_cycle_and_exits_zero(tmp_path):
         timer.cancel()
     assert gateway.calls == 1  # the first cycle ran; the hour-long wait was cut short
     assert not daemon.paths.pid_file.exists()
+
+
+class SteppedBack(dt.datetime):
+    """The wall clock as schedule and the daemon read it (naive datetime.now()), moved back
+    by `back` (the one mock allowed: time)."""
+
+    back = dt.timedelta(0)
+
+    @classmethod
+    def now(cls, tz=None):  # type: ignore[override]
+        return dt.datetime.now(tz) - cls.back
+
+
+def test_the_wall_clock_stepping_back_does_not_hold_the_next_cycle(tmp_path, monkeypatch):
+    # A phone's clock set back an hour (by hand, the network, DST) while the daemon waits:
+    # the next cycle still comes one interval after the last, not an hour later.
+    monkeypatch.setattr(SteppedBack, "back", dt.timedelta(0))
+    stepped = types.ModuleType("datetime")
+    stepped.__dict__.update(vars(dt))
+    stepped.datetime = SteppedBack  # type: ignore[attr-defined]
+    monkeypatch.setattr(schedule, "datetime", stepped)
+    monkeypatch.setattr("smsgw.daemon.datetime", SteppedBack)
+
+    class StepsTheClock(FlakyGateway):
+        def cycle(self) -> CycleReport:
+            if self.calls == 0:  # while the daemon waits for the second cycle
+                step = threading.Timer(0.5, setattr, (SteppedBack, "back",
+                                                      dt.timedelta(hours=1)))
+                step.daemon = True
+                step.start()
+            return super().cycle()
+
+    gateway = StepsTheClock(["ok"])
+    daemon = make(tmp_path, gateway, interval=3, max_cycles=2)
+    checks: list[dt.timedelta] = []  # a watcher (every 1 s): checks after the step too
+    daemon.add_watcher(1, lambda: checks.append(SteppedBack.back) and False)
+    guard = threading.Timer(60, os.kill, (os.getpid(), signal.SIGTERM))  # a hang guard
+    guard.start()
+    try:
+        assert daemon.run() == 0
+    finally:
+        guard.cancel()
+    assert SteppedBack.back == dt.timedelta(hours=1)  # the clock did step back meanwhile
+    assert gateway.calls == 2  # the second cycle ran, not cut short by the hang guard
+    assert dt.timedelta(hours=1) in checks  # and the watcher ran after the step

@@ -207,6 +207,32 @@ def test_log_follow_shows_new_events_it_keeps_and_follows_the_rotation(
         f"{stamp} INFO message f-1: SENDING -> PENDING"]
 
 
+def test_log_follow_shows_the_lines_written_just_before_a_rotation(
+        smsgw: SmsgwRunner, tmp_path: Path) -> None:
+    # The daemon writes its last lines to the old file and rotates at once: `log -f`,
+    # between two polls, must read them from the old file before moving to the new one.
+    stamp = now_utc().strftime("%Y-%m-%dT%H:%M:%SZ")
+    write_log(smsgw.log_file, [f"{stamp} INFO message r-0: new -> UNSENT"])
+    out = tmp_path / "follow.out"
+    proc = smsgw.popen("log", "-f", out=out)
+    expected = [f"{stamp} INFO message r-0: new -> UNSENT"]
+    try:
+        wait_for(lambda: "r-0" in out.read_text(), TIMEOUT, "the last line")
+        for n in range(1, 4):
+            with open(smsgw.log_file, "a", encoding="utf-8") as fh:
+                fh.write(f"{stamp} INFO message r-{n}: last line of the old file\n")
+            smsgw.log_file.rename(smsgw.home / f"smsgw.log.{n}")
+            write_log(smsgw.log_file, [f"{stamp} INFO message r-{n}: first of the new file"])
+            expected += [f"{stamp} INFO message r-{n}: last line of the old file",
+                         f"{stamp} INFO message r-{n}: first of the new file"]
+            wait_for(lambda n=n: f"r-{n}: first of the new file" in out.read_text(),
+                     TIMEOUT, "the first line of the new file")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=TIMEOUT)
+    assert out.read_text().splitlines() == expected
+
+
 # status ------------------------------------------------------------------------------------
 def test_status_counts_a_real_run(smsgw: SmsgwRunner, webapp: ReferenceWebapp) -> None:
     ok(smsgw("config", "--url", webapp.url))

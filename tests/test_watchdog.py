@@ -181,6 +181,10 @@ def received(webapp: ReferenceWebapp) -> list[str]:
     return [m["content"] for m in webapp.snapshot()["received"]]
 
 
+def inbox_reads(phone: Phone) -> int:
+    return sum(1 for c in phone.fake.calls("termux-sms-list") if "inbox" in c["argv"])
+
+
 def posts(webapp: ReferenceWebapp) -> int:
     return int(webapp.snapshot()["counters"]["posts"])
 
@@ -590,6 +594,28 @@ def test_a_second_cycle_follows_a_wake_up(phone: Phone) -> None:
     phone.fake.receive("+254700000003", "written after the event")
     # The interval is 600 s: only the follow-up cycle forwards it this soon.
     wait_for(lambda: "written after the event" in received(webapp), 30,
+             "the SMS at the webapp")
+
+
+def test_the_follow_up_cycle_comes_though_the_woken_cycle_had_more_work(phone: Phone) -> None:
+    # The woken cycle finds a new message (held by the rate limit): the cycle run at once
+    # for it must not use up the follow-up, which forwards the SMS the SMS app wrote late.
+    assert phone.smsgw("config", "--max-per-minute", "1").returncode == 0
+    webapp: ReferenceWebapp = phone.webapp  # type: ignore[attr-defined]
+    first = webapp.queue("+254700000004", "uses up the minute's budget")
+    phone.watchdog()
+    phone.wait_running()
+    wait_for(lambda: webapp.status_of(first) == "SENT", TIMEOUT, "the first message sent")
+    hook = phone.install(HOOK, phone.home / ".termux" / "tasker" / "smsgw-sms-received")
+    webapp.queue("+254700000005", "waits for the next minute")
+    before = inbox_reads(phone)
+    assert phone.job(hook)[0] == 0
+    # The woken cycle and the one at once after it (new work) have read the inbox; the next
+    # is the follow-up, a few seconds after the wake-up (else the rate limit's, ~40 s on).
+    wait_for(lambda: inbox_reads(phone) >= before + 2, TIMEOUT, "the woken cycles")
+    phone.fake.receive("+254700000003", "written after the woken cycles")
+    # The interval is 600 s: only the follow-up cycle forwards it this soon.
+    wait_for(lambda: "written after the woken cycles" in received(webapp), 30,
              "the SMS at the webapp")
 
 
