@@ -369,6 +369,7 @@ class Daemon:
         # as those run at once while work remains, do not use it up.
         if self._follow_up_at is not None and started >= self._follow_up_at - 0.5:
             self._follow_up_at = None
+            logger.info("follow-up cycle after a wake-up (an SMS app may store the SMS late)")
         report = self._guard(self.gateway.cycle)
         self.last_report = report
         self.cycles += 1

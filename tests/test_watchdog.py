@@ -580,6 +580,17 @@ def test_boot_script_starts_smsgw_when_the_runit_service_is_disabled(phone: Phon
     assert phone.running() is None
 
 
+def assert_stored_by_the_follow_up(phone: Phone) -> None:
+    """The last SMS stored was stored by the follow-up cycle of the last wake-up: the
+    event log names that cycle, then the SMS, with no other wake-up between."""
+    lines = (phone.data / "smsgw.log").read_text(encoding="utf-8").splitlines()
+    stored = max(i for i, line in enumerate(lines) if "received SMS" in line
+                 and "new -> WAITING" in line)
+    woken = max(i for i, line in enumerate(lines[:stored]) if "woken for an immediate" in line)
+    follow = [i for i, line in enumerate(lines) if "follow-up cycle after a wake-up" in line]
+    assert any(woken < i < stored for i in follow), "\n".join(lines[woken:stored + 1])
+
+
 def test_a_second_cycle_follows_a_wake_up(phone: Phone) -> None:
     # Tasker's "Received Text" can fire before the SMS app has written the message: the
     # woken cycle misses it, the one a few seconds later forwards it.
@@ -592,9 +603,10 @@ def test_a_second_cycle_follows_a_wake_up(phone: Phone) -> None:
     assert phone.job(hook)[0] == 0
     wait_for(lambda: posts(webapp) > before, TIMEOUT, "the woken cycle")
     phone.fake.receive("+254700000003", "written after the event")
-    # The interval is 600 s: only the follow-up cycle forwards it this soon.
-    wait_for(lambda: "written after the event" in received(webapp), 30,
+    wait_for(lambda: "written after the event" in received(webapp), TIMEOUT,
              "the SMS at the webapp")
+    # The interval is 600 s: the cycle that stored it is the follow-up, not the next poll.
+    assert_stored_by_the_follow_up(phone)
 
 
 def test_the_follow_up_cycle_comes_though_the_woken_cycle_had_more_work(phone: Phone) -> None:
@@ -614,9 +626,10 @@ def test_the_follow_up_cycle_comes_though_the_woken_cycle_had_more_work(phone: P
     # is the follow-up, a few seconds after the wake-up (else the rate limit's, ~40 s on).
     wait_for(lambda: inbox_reads(phone) >= before + 2, TIMEOUT, "the woken cycles")
     phone.fake.receive("+254700000003", "written after the woken cycles")
-    # The interval is 600 s: only the follow-up cycle forwards it this soon.
-    wait_for(lambda: "written after the woken cycles" in received(webapp), 30,
+    wait_for(lambda: "written after the woken cycles" in received(webapp), TIMEOUT,
              "the SMS at the webapp")
+    # Not the cycle the rate limit plans a minute on, nor the next poll (600 s): the follow-up.
+    assert_stored_by_the_follow_up(phone)
 
 
 def test_doctor_flags_a_watchdog_job_that_waits_for_a_good_battery(phone: Phone) -> None:
